@@ -1,0 +1,154 @@
+"""The ``mistral-ft`` command line: commands and their flags only; each calls one library function.
+
+A :class:`FinetuneError` (the user's to fix) is printed as one paragraph and exits with status 2;
+anything else is a bug and keeps its traceback (status 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+from rich.console import Console
+
+from finetune.errors import FinetuneError
+
+EXAMPLES = """examples:
+  mistral-ft train recipes/quickstart.yaml
+  mistral-ft train recipes/mistral-7b-qlora-instruct-v3.yaml --set train.max_steps=200 --set lora.r=32
+  mistral-ft recipe check recipes/mistral-7b-qlora-instruct-v3.yaml
+  mistral-ft recipe schema
+  mistral-ft tiny-model models/tiny-mistral
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """All commands, flags and their help texts."""
+    parser = argparse.ArgumentParser(
+        prog="mistral-ft",
+        description="Parameter-efficient fine-tuning (QLoRA / LoRA) of Mistral-family models, "
+        "driven by one YAML recipe.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    train = commands.add_parser(
+        "train",
+        help="fine-tune a model as a recipe says",
+        description="Load the base model (4-bit / 8-bit / 16-32-bit), attach LoRA adapters, format and "
+        "tokenize the data with the loss on responses only, train with TRL's SFTTrainer and write a run "
+        "folder (resolved recipe, adapter, tokenizer, metrics.jsonl, loss.png, summary.json).",
+    )
+    train.add_argument("recipe", help="path of the YAML recipe")
+    _add_set(train)
+    train.add_argument(
+        "--output", metavar="DIR", help="run folder to create (default: <output.dir>/<name>-<timestamp>); "
+        "must be absent or empty",
+    )
+
+    recipe = commands.add_parser("recipe", help="inspect recipes: the schema, or a resolved recipe")
+    recipe_commands = recipe.add_subparsers(dest="recipe_command", metavar="ACTION", required=True)
+    recipe_commands.add_parser("schema", help="list every recipe key with its type, default and meaning")
+    check = recipe_commands.add_parser(
+        "check", help="validate a recipe (and overrides) and print it with every default filled in"
+    )
+    check.add_argument("recipe", help="path of the YAML recipe")
+    _add_set(check)
+
+    tiny = commands.add_parser(
+        "tiny-model",
+        help="write a tiny random Mistral/Mixtral with the real Mistral tokenizer (offline smoke tests)",
+        description="Build a randomly initialised model of the real architecture at toy size with the real "
+        "Mistral 7B tokenizer from the mistral-common package. Used by the quickstart and the tests; "
+        "useful to smoke-test a recipe without downloading 15 GB.",
+    )
+    tiny.add_argument("out", help="folder to write")
+    tiny.add_argument("--arch", choices=["mistral", "mixtral"], default="mistral", help="architecture")
+    tiny.add_argument(
+        "--tokenizer", choices=["v1", "v3"], default="v1",
+        help="v1 = Mistral 7B v0.1 (vocab 32000), v3 = v0.3 (vocab 32768, [INST] control tokens)",
+    )
+    tiny.add_argument("--hidden-size", type=int, default=128, help="model width")
+    tiny.add_argument("--layers", type=int, default=2, help="number of decoder layers")
+    tiny.add_argument("--sliding-window", type=int, default=4096, help="attention window (0 = none)")
+    tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    return parser
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a recipe value by its dotted path, e.g. --set lora.r=32 --set train.max_steps=200 "
+        "(values are YAML: 3e-4, true, [q_proj, v_proj]); repeatable",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``mistral-ft`` and ``python -m finetune``."""
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=True)
+    _quiet_libraries()
+    try:
+        return _dispatch(args, console)
+    except FinetuneError as exc:
+        console.print(f"[bold red]error:[/] {exc.render()}", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        return 130
+
+
+def _dispatch(args, console: Console) -> int:
+    if args.command == "train":
+        from finetune.recipe.load import load_recipe
+        from finetune.train.run import train
+
+        train(load_recipe(args.recipe, args.overrides), output=args.output, console=console)
+        return 0
+    if args.command == "recipe":
+        from finetune.recipe.describe import describe_schema, dump_recipe
+        from finetune.recipe.load import load_recipe
+
+        if args.recipe_command == "schema":
+            print(describe_schema())
+        else:
+            print(dump_recipe(load_recipe(args.recipe, args.overrides)), end="")
+        return 0
+    if args.command == "tiny-model":
+        from finetune.model.tiny import build_tiny_model
+
+        out = build_tiny_model(
+            args.out, arch=args.arch, tokenizer=args.tokenizer, seed=args.seed, hidden_size=args.hidden_size,
+            intermediate_size=3 * args.hidden_size, num_layers=args.layers,
+            sliding_window=args.sliding_window or None,
+        )
+        console.print(f"wrote {out}")
+        return 0
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+def _quiet_libraries() -> None:
+    """Keep the terminal for our own output: library chatter goes, errors stay."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    import logging
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    try:
+        import datasets
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - both are hard dependencies
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

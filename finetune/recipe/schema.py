@@ -1,0 +1,191 @@
+"""The recipe schema: every key a recipe may hold, its type, default and meaning.
+
+A recipe is one YAML file with five sections (``model``, ``lora``, ``data``, ``train``, ``eval``,
+``output``).  Every model forbids unknown keys, so a typo is an error with a suggestion rather than
+a silently ignored setting (axolotl drops unknown keys; we refuse them).  Field descriptions are the
+documentation: ``mistral-ft recipe schema`` prints them.
+
+Nothing here imports torch: a recipe can be checked without loading any model code.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+
+
+class Section(BaseModel):
+    """Base of every recipe section: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+
+class ModelConfig(Section):
+    """The base model and how it is loaded."""
+
+    base: str = Field(
+        description="Base model: a local folder (config.json + weights) or a Hugging Face Hub id "
+        "such as mistralai/Mistral-7B-v0.1. Relative paths are resolved from the current directory."
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of the base model.")
+    tokenizer: str | None = Field(
+        None, description="Tokenizer folder or Hub id when it differs from the base model's own."
+    )
+    quantization: Literal["4bit", "8bit", "none"] = Field(
+        "4bit",
+        description="Weight storage of the frozen base: 4bit = NF4 with double quantization "
+        "(QLoRA, bitsandbytes), 8bit = LLM.int8 (bitsandbytes), none = the compute dtype.",
+    )
+    compute_dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="Dtype of the matmuls and of unquantized weights. auto = bf16 on a GPU, fp32 on CPU."
+    )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa", description="Attention backend passed to transformers."
+    )
+    trust_remote_code: bool = Field(
+        False, description="Run Python code shipped with the model repository. Off unless you trust it."
+    )
+
+
+class LoraConfig(Section):
+    """The LoRA adapter attached to the frozen base (peft)."""
+
+    r: int = Field(
+        16, gt=0, validation_alias=AliasChoices("r", "rank"), description="LoRA rank (alias: rank)."
+    )
+    alpha: float = Field(32, gt=0, description="LoRA scaling numerator: updates are scaled by alpha / r.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input during training.")
+    target_modules: Literal["all-linear"] | list[str] = Field(
+        "all-linear",
+        description="Modules that get adapters: all-linear (every linear layer except the output head; "
+        "MoE routers excluded) or a list of module names such as [q_proj, v_proj].",
+    )
+    exclude_modules: list[str] = Field(
+        default_factory=list, description="Module names never adapted, even when target_modules matches them."
+    )
+    use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
+    use_rslora: bool = Field(False, description="Rank-stabilised scaling alpha / sqrt(r) instead of alpha / r.")
+    modules_to_save: list[str] = Field(
+        default_factory=list,
+        description="Modules trained in full and saved with the adapter (e.g. [lm_head, embed_tokens]).",
+    )
+
+
+FormatName = Literal["instruct-v3", "alpaca", "messages", "prompt-completion", "text"]
+
+
+class SourceConfig(Section):
+    """One data source: a Hub data set or local files, in one of the supported formats."""
+
+    path: str = Field(
+        description="A local .jsonl/.json/.csv/.parquet file, a folder of such files, or a Hub data set id."
+    )
+    format: FormatName = Field(description="How rows are read; see the formats table in the README.")
+    split: str = Field("train", description="Split to read (Hub data sets and local folders with split files).")
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Column mapping {format column: column in your data}, e.g. {response: answer}.",
+    )
+    source_filter: list[str] | None = Field(
+        None,
+        validation_alias=AliasChoices("source_filter", "sources"),
+        description="instruct-v3 only: keep rows whose `source` column is one of these.",
+    )
+    max_rows: int | None = Field(None, gt=0, description="Use at most this many rows (after filtering).")
+    system_prompt: str | None = Field(None, description="System prompt for every conversation from this source.")
+
+
+class DataConfig(Section):
+    """Where the rows come from, how they are rendered and masked, and the held-out split."""
+
+    sources: list[SourceConfig] = Field(min_length=1, description="Training sources, mixed and shuffled together.")
+    validation_sources: list[SourceConfig] = Field(
+        default_factory=list, description="Held-out sources. When empty, validation_ratio of the rows are held out."
+    )
+    validation_ratio: float = Field(
+        0.05, ge=0, lt=1, description="Fraction of training rows held out when no validation_sources are given."
+    )
+    template: Literal["auto", "mistral", "chat_template"] = Field(
+        "auto",
+        description="Prompt rendering: mistral = built-in [INST] format (token-exact with mistral-common), "
+        "chat_template = the tokenizer's own template, auto = the tokenizer's if it has one, else mistral.",
+    )
+    train_on: Literal["responses", "all"] = Field(
+        "responses", description="Which tokens carry loss: the assistant responses (+ EOS) only, or every token."
+    )
+    max_length: int = Field(2048, gt=8, description="Maximum tokens per row, BOS and EOS included.")
+    overlong: Literal["truncate", "drop", "error"] = Field(
+        "error", description="What to do with a row longer than max_length; counted and reported in every case."
+    )
+    seed: int = Field(0, description="Seed of the shuffle and of the held-out split.")
+
+
+class TrainConfig(Section):
+    """Optimisation: the hyper-parameters handed to the trainer."""
+
+    method: Literal["sft"] = Field("sft", description="Training method.")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="Learning-rate schedule after warm-up."
+    )
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Fraction of the steps spent warming up.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the training rows (ignored when max_steps > 0).")
+    max_steps: int = Field(-1, description="Stop after this many optimiser steps; -1 = run the epochs.")
+    micro_batch_size: int = Field(4, gt=0, description="Rows per forward pass per device.")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per optimiser step.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    optimizer: Literal["adamw_torch", "adamw_torch_fused", "paged_adamw_8bit", "adamw_8bit", "sgd"] = Field(
+        "adamw_torch", description="Optimiser (transformers name)."
+    )
+    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    seed: int = Field(42, description="Seed of weights init (LoRA), dropout and data order.")
+    logging_steps: int = Field(5, gt=0, description="Log loss and learning rate every N steps.")
+    eval_steps: int | None = Field(None, gt=0, description="Evaluate held-out loss every N steps (None = at the end).")
+    save_steps: int | None = Field(None, gt=0, description="Write a checkpoint every N steps (None = no checkpoints).")
+    save_total_limit: int | None = Field(2, gt=0, description="Keep only the last K checkpoints.")
+
+
+class EvalConfig(Section):
+    """Held-out evaluation before and after training."""
+
+    loss: bool = Field(True, description="Report held-out loss before and after training.")
+    generate: bool = Field(
+        False,
+        description="Greedy-generate answers to held-out prompts and score exact match against the reference "
+        "responses, before and after training (for data sets with reference answers).",
+    )
+    max_new_tokens: int = Field(64, gt=0, description="Generation budget per held-out prompt.")
+    max_samples: int | None = Field(200, gt=0, description="Score at most this many held-out prompts.")
+    batch_size: int = Field(16, gt=0, description="Prompts generated together.")
+
+
+class OutputConfig(Section):
+    """Where the run folder goes."""
+
+    dir: str = Field("runs", description="Parent folder of run folders.")
+    name: str | None = Field(
+        None, description="Run name; defaults to the recipe file name. A timestamp keeps runs from colliding."
+    )
+
+
+class Recipe(Section):
+    """A whole fine-tuning recipe."""
+
+    model: ModelConfig
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    data: DataConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _eval_needs_held_out_rows(self) -> "Recipe":
+        held_out = self.data.validation_sources or self.data.validation_ratio > 0
+        if (self.eval.generate or self.train.eval_steps) and not held_out:
+            raise ValueError(
+                "eval.generate and train.eval_steps need held-out rows: set data.validation_ratio > 0 "
+                "or list data.validation_sources"
+            )
+        return self

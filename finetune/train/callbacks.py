@@ -1,0 +1,72 @@
+"""Trainer callbacks: ``metrics.jsonl`` in the run folder and a rich progress bar in the terminal."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from transformers import TrainerCallback
+
+_KEYS = {"loss": "loss", "eval_loss": "eval_loss", "learning_rate": "lr", "grad_norm": "grad_norm", "epoch": "epoch"}
+
+
+class MetricsLogger(TrainerCallback):
+    """Appends one JSON line per log event: step, loss, eval loss, lr and tokens/s since the last line."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._last_time = time.perf_counter()
+        self._last_tokens = 0
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        row = {"step": state.global_step}
+        row.update({short: logs[key] for key, short in _KEYS.items() if key in logs})
+        if "num_tokens" in logs and "loss" in logs:
+            now, tokens = time.perf_counter(), int(logs["num_tokens"])
+            row["tokens_per_s"] = round((tokens - self._last_tokens) / max(now - self._last_time, 1e-9), 1)
+            self._last_time, self._last_tokens = now, tokens
+        if len(row) > 1:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+class RichProgress(TrainerCallback):
+    """A single rich progress bar over optimiser steps showing the latest loss."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.progress: Progress | None = None
+        self.task = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        self.progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=state.max_steps, loss="-")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.progress is not None and logs and "loss" in logs:
+            self.progress.update(self.task, loss=f"{logs['loss']:.4f}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None

@@ -1,0 +1,70 @@
+"""The run folder: one self-describing directory per training run.
+
+Layout::
+
+    runs/<name>-<timestamp>/
+      recipe.yaml              the resolved recipe (defaults filled in, overrides applied)
+      adapter/                 adapter_model.safetensors + adapter_config.json (PeftModel.from_pretrained)
+      tokenizer/               the tokenizer the run used
+      metrics.jsonl            one line per log event (step, loss, eval_loss, lr, tokens_per_s)
+      loss.png                 training and held-out loss curves
+      checkpoints/             trainer checkpoints (optimizer, scheduler, RNG) for resuming
+      summary.json             final figures: train_seconds, eval loss and exact match before/after
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+
+from finetune.errors import FinetuneError
+from finetune.recipe.schema import Recipe
+
+
+def create_run_dir(recipe: Recipe, output: str | None = None) -> Path:
+    """Make a fresh run folder; never reuse one that holds another run.
+
+    With ``output`` the folder is exactly that path and must be absent or empty; otherwise it is
+    ``<output.dir>/<output.name>-<timestamp>`` with a numeric suffix if that already exists.
+    """
+    if output is not None:
+        path = Path(output)
+        if path.exists() and any(path.iterdir()):
+            raise FinetuneError(
+                f"Output folder {path} already holds files; mistral-ft never overwrites a run.",
+                hint="Choose another --output, or delete that folder if you no longer need it.",
+            )
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(recipe.output.dir) / f"{recipe.output.name}-{stamp}"
+    path, n = base, 1
+    while True:
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+            return path
+        except FileExistsError:
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
+
+
+def write_recipe(run_dir: Path, recipe: Recipe) -> None:
+    """Save the resolved recipe, so the run can be reproduced from its folder alone."""
+    text = yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+    (run_dir / "recipe.yaml").write_text(text)
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    """Save the final figures of the run."""
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The rows of ``metrics.jsonl`` (empty when the run logged nothing)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,78 @@
+"""Supervised fine-tuning through TRL's SFTTrainer, configured from the recipe.
+
+The data arrive already tokenized with a per-token loss mask (``completion_mask``), so TRL skips its
+own formatting and its collator turns the mask into ``-100`` labels.  :class:`LeanSFTTrainer` drops
+the two diagnostics SFTTrainer computes on every step over the full ``[tokens × vocab]`` logits
+(entropy and token accuracy): on small models they cost as much as the step itself, and nobody asked
+for them.  It keeps a count of tokens seen so throughput can be reported.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from trl import SFTConfig, SFTTrainer
+
+from finetune.recipe.schema import Recipe
+
+
+class LeanSFTTrainer(SFTTrainer):
+    """SFTTrainer without per-step full-vocabulary metrics; counts tokens and trained tokens."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.model.training:
+            self._total_train_tokens += int(inputs["attention_mask"].sum())
+            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+        inputs["use_cache"] = False
+        return super(SFTTrainer, self).compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+def sft_arguments(recipe: Recipe, run_dir: Path, use_cpu: bool) -> SFTConfig:
+    """The TRL/transformers arguments for the recipe's ``train:`` and ``eval:`` sections."""
+    t = recipe.train
+    has_eval = bool(recipe.data.validation_sources) or recipe.data.validation_ratio > 0
+    return SFTConfig(
+        output_dir=str(run_dir / "checkpoints"),
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.micro_batch_size,
+        per_device_eval_batch_size=t.micro_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        gradient_checkpointing=False,  # enabled on the model before peft wraps it (see adapters)
+        optim=t.optimizer,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.logging_steps,
+        eval_strategy="steps" if (t.eval_steps and has_eval) else "no",
+        eval_steps=t.eval_steps,
+        save_strategy="steps" if t.save_steps else "no",
+        save_steps=t.save_steps or 500,
+        save_total_limit=t.save_total_limit,
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=use_cpu,
+        bf16=recipe.model.compute_dtype == "bf16" or (recipe.model.compute_dtype == "auto" and not use_cpu),
+        fp16=recipe.model.compute_dtype == "fp16",
+        dataloader_num_workers=0,
+        completion_only_loss=True,
+        max_length=None,  # rows are already cut to data.max_length, with the policy the recipe chose
+        dataset_kwargs={"skip_prepare_dataset": True},
+        remove_unused_columns=False,
+    )
+
+
+def build_sft_trainer(recipe: Recipe, model, tokenizer, data, run_dir: Path, callbacks, use_cpu: bool):
+    """An SFT trainer over the prepared data; the model already carries its LoRA adapters."""
+    return LeanSFTTrainer(
+        model=model,
+        args=sft_arguments(recipe, run_dir, use_cpu),
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
