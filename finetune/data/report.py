@@ -8,7 +8,7 @@ source says so.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 # Drop reasons (keys of SourceReport.dropped), worded for the summary.
 FILTERED = "not in source_filter"
@@ -67,6 +67,10 @@ class DataReport:
     def source(self, key: str) -> SourceReport:
         """The report of the source with recipe key ``key``."""
         return next(s for s in self.sources if s.key == key)
+
+    def as_dict(self) -> dict:
+        """Plain JSON-ready form, for summary.json."""
+        return asdict(self)
 
     def summary(self) -> str:
         """A few lines for the terminal and the run folder."""

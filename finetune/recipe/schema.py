@@ -82,17 +82,24 @@ class SourceConfig(Section):
         description="A local .jsonl/.json/.csv/.parquet file, a folder of such files, or a Hub data set id."
     )
     format: FormatName = Field(description="How rows are read; see the formats table in the README.")
-    split: str = Field("train", description="Split to read (Hub data sets and local folders with split files).")
+    split: str = Field(
+        "train", description="Split to read: Hub data sets, and folders holding <split>.* files; "
+        "ignored for a single local file."
+    )
     columns: dict[str, str] = Field(
         default_factory=dict,
-        description="Column mapping {format column: column in your data}, e.g. {response: answer}.",
+        description="Column mapping {format column: column in your data}, e.g. {response: answer}. Keys must "
+        "be the format's own column names (a typo is an error); `source` can be mapped too.",
     )
     source_filter: list[str] | None = Field(
         None,
         validation_alias=AliasChoices("source_filter", "sources"),
-        description="instruct-v3 only: keep rows whose `source` column is one of these.",
+        description="Keep only rows whose `source` column is one of these (instruct-v3 has that column; "
+        "other formats need one, else it is an error).",
     )
-    max_rows: int | None = Field(None, gt=0, description="Use at most this many rows (after filtering).")
+    max_rows: int | None = Field(
+        None, gt=0, description="Use the first N rows in file order (after filtering); reading stops there."
+    )
     system_prompt: str | None = Field(None, description="System prompt for every conversation from this source.")
 
 
@@ -104,7 +111,11 @@ class DataConfig(Section):
         default_factory=list, description="Held-out sources. When empty, validation_ratio of the rows are held out."
     )
     validation_ratio: float = Field(
-        0.05, ge=0, lt=1, description="Fraction of training rows held out when no validation_sources are given."
+        0.05,
+        ge=0,
+        lt=1,
+        description="Fraction of training rows held out when no validation_sources are given, taken after "
+        "mixing and shuffling with data.seed (at least one row when there are two or more).",
     )
     template: Literal["auto", "mistral", "chat_template"] = Field(
         "auto",

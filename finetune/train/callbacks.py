@@ -20,6 +20,7 @@ class MetricsLogger(TrainerCallback):
         self.path = path
         self._last_time = time.perf_counter()
         self._last_tokens = 0
+        self._last_row: dict | None = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -30,9 +31,11 @@ class MetricsLogger(TrainerCallback):
             now, tokens = time.perf_counter(), int(logs["num_tokens"])
             row["tokens_per_s"] = round((tokens - self._last_tokens) / max(now - self._last_time, 1e-9), 1)
             self._last_time, self._last_tokens = now, tokens
-        if len(row) > 1:
+        # skip the trainer's end-of-run timing line, and an evaluation repeated at the same step
+        if set(row) - {"step", "epoch"} and row != self._last_row:
             with open(self.path, "a") as f:
                 f.write(json.dumps(row) + "\n")
+            self._last_row = row
 
 
 class RichProgress(TrainerCallback):

@@ -35,7 +35,7 @@ def exact_match(model, tokenizer, prompts, max_new_tokens: int, batch_size: int,
     was_training = model.training
     model.eval()
     pad = tokenizer.pad_token_id
-    correct, examples = 0, []
+    correct, hits, misses = 0, [], []
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start : start + batch_size]
         width = max(len(ids) for ids, _ in batch)
@@ -54,7 +54,7 @@ def exact_match(model, tokenizer, prompts, max_new_tokens: int, batch_size: int,
             answer = tokenizer.decode(row, skip_special_tokens=True)
             hit = normalize(answer) == normalize(reference)
             correct += hit
-            if len(examples) < 5:
-                examples.append({"reference": reference, "generated": answer, "match": hit})
+            (hits if hit else misses).append({"reference": reference, "generated": answer, "match": hit})
     model.train(was_training)
+    examples = misses[:3] + hits[: 5 - len(misses[:3])]  # failures first: they are what a user reads
     return ExactMatch(score=correct / len(prompts), n=len(prompts), examples=examples)

@@ -29,10 +29,8 @@ def train(recipe: Recipe, output: str | None = None, console: Console | None = N
     """Run the recipe end to end and return the run folder."""
     console = console or Console(stderr=True)
     started = time.perf_counter()
-    run_dir = runs.create_run_dir(recipe, output)
-    runs.write_recipe(run_dir, recipe)
-    console.print(f"[bold]run folder[/] {run_dir}")
-
+    if output is not None:
+        runs.check_output_free(output)  # fail before the slow steps, not after them
     with console.status("loading tokenizer"):
         tokenizer = load_tokenizer(recipe.model)
     with console.status("preparing data"):
@@ -44,6 +42,11 @@ def train(recipe: Recipe, output: str | None = None, console: Console | None = N
         model = attach_lora(model, recipe.lora, recipe.train.gradient_checkpointing)
     trainable, total = model.get_nb_trainable_parameters()
     console.print(f"model: {total / 1e6:.1f}M parameters, {trainable / 1e6:.2f}M trainable (LoRA r={recipe.lora.r})")
+
+    # The folder is made only once every input has loaded, so a typo never leaves an empty run behind.
+    run_dir = runs.create_run_dir(recipe, output)
+    runs.write_recipe(run_dir, recipe)
+    console.print(f"[bold]run folder[/] {run_dir}")
 
     use_cpu = not torch.cuda.is_available()
     callbacks = [MetricsLogger(run_dir / "metrics.jsonl"), RichProgress(console)]

@@ -31,12 +31,7 @@ def create_run_dir(recipe: Recipe, output: str | None = None) -> Path:
     ``<output.dir>/<output.name>-<timestamp>`` with a numeric suffix if that already exists.
     """
     if output is not None:
-        path = Path(output)
-        if path.exists() and any(path.iterdir()):
-            raise FinetuneError(
-                f"Output folder {path} already holds files; mistral-ft never overwrites a run.",
-                hint="Choose another --output, or delete that folder if you no longer need it.",
-            )
+        path = check_output_free(output)
         path.mkdir(parents=True, exist_ok=True)
         return path
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -49,6 +44,17 @@ def create_run_dir(recipe: Recipe, output: str | None = None) -> Path:
         except FileExistsError:
             n += 1
             path = base.with_name(f"{base.name}-{n}")
+
+
+def check_output_free(output: str | Path) -> Path:
+    """``output`` as a path, if it is absent or an empty folder; otherwise a FinetuneError."""
+    path = Path(output)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise FinetuneError(
+            f"Output folder {path} already exists and is not empty; mistral-ft never overwrites a run.",
+            hint="Choose another --output, or delete that folder if you no longer need it.",
+        )
+    return path
 
 
 def write_recipe(run_dir: Path, recipe: Recipe) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from transformers import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
 from finetune.recipe.schema import Recipe
@@ -68,7 +69,7 @@ def sft_arguments(recipe: Recipe, run_dir: Path, use_cpu: bool) -> SFTConfig:
 
 def build_sft_trainer(recipe: Recipe, model, tokenizer, data, run_dir: Path, callbacks, use_cpu: bool):
     """An SFT trainer over the prepared data; the model already carries its LoRA adapters."""
-    return LeanSFTTrainer(
+    trainer = LeanSFTTrainer(
         model=model,
         args=sft_arguments(recipe, run_dir, use_cpu),
         train_dataset=data.train,
@@ -76,3 +77,5 @@ def build_sft_trainer(recipe: Recipe, model, tokenizer, data, run_dir: Path, cal
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+    trainer.remove_callback(PrinterCallback)  # our progress bar and metrics.jsonl replace its raw dicts
+    return trainer

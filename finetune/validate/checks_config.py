@@ -27,8 +27,6 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from finetune.native import NativeConfig
-
 from .report import CheckResult
 
 
@@ -39,6 +37,43 @@ class MistralVersion:
     vocab: int
     rope_theta: float
     window: int | None
+
+
+@dataclass(frozen=True)
+class ConfigFacts:
+    """The numbers of a ``config.json``, read leniently (an invalid value is reported, not raised)."""
+
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    hidden_dim: int
+    vocab_size: int
+    rope_theta: float
+    sliding_window: Any
+    n_experts: int = 0
+
+    @classmethod
+    def from_hf(cls, config: Any) -> ConfigFacts:
+        """From a transformers config object or its dict (transformers 5 ``rope_parameters`` or the
+        older top-level ``rope_theta``)."""
+        get = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
+        dim, heads = get("hidden_size"), get("num_attention_heads")
+        rope = get("rope_parameters") or {}
+        theta = rope.get("rope_theta", get("rope_theta"))
+        return cls(
+            dim=dim,
+            n_layers=get("num_hidden_layers"),
+            n_heads=heads,
+            n_kv_heads=get("num_key_value_heads") or heads,
+            head_dim=get("head_dim") or (dim // heads if heads else 0),
+            hidden_dim=get("intermediate_size"),
+            vocab_size=get("vocab_size"),
+            rope_theta=float(theta) if theta is not None else float("nan"),
+            sliding_window=get("sliding_window"),
+            n_experts=(get("num_local_experts") or 0) if get("model_type") == "mixtral" else 0,
+        )
 
 
 SHAPES: dict[str, dict[str, int]] = {
@@ -63,7 +98,7 @@ _TOKENIZER_COMBOS: dict[int, tuple[str, tuple[tuple[bool, float], ...]]] = {
 }
 
 
-def known_shape(cfg: NativeConfig) -> str | None:
+def known_shape(cfg: ConfigFacts) -> str | None:
     """``"7B"``, ``"8x7B"``, ``"8x22B"`` when the architecture numbers are those of a release."""
     for name, shape in SHAPES.items():
         if all(getattr(cfg, key) == value for key, value in shape.items()):
@@ -83,7 +118,7 @@ def _fmt_theta(theta: float) -> str:
     return f"theta {theta:.0e}".replace("e+0", "e")
 
 
-def check_shape(cfg: NativeConfig) -> CheckResult:
+def check_shape(cfg: ConfigFacts) -> CheckResult:
     """``hidden_size == num_attention_heads x head_dim``."""
     product = cfg.n_heads * cfg.head_dim
     ok = product == cfg.dim
@@ -93,7 +128,7 @@ def check_shape(cfg: NativeConfig) -> CheckResult:
     return CheckResult("config.hidden_size", ok, str(cfg.dim), "== heads x head_dim", detail)
 
 
-def check_gqa(cfg: NativeConfig) -> CheckResult:
+def check_gqa(cfg: ConfigFacts) -> CheckResult:
     """Query heads split evenly over KV heads."""
     ok = cfg.n_kv_heads > 0 and cfg.n_heads % cfg.n_kv_heads == 0
     group = cfg.n_heads / cfg.n_kv_heads if cfg.n_kv_heads else float("nan")
@@ -110,7 +145,7 @@ def check_window_value(window: Any) -> CheckResult:
     return CheckResult("config.sliding_window", ok, str(window), "null or > 0", detail)
 
 
-def check_vocab(cfg: NativeConfig, tokenizer_len: int, embedding_rows: int, output_rows: int | None = None) -> CheckResult:
+def check_vocab(cfg: ConfigFacts, tokenizer_len: int, embedding_rows: int, output_rows: int | None = None) -> CheckResult:
     """``vocab_size == len(tokenizer) == embedding rows`` (and output rows): a mismatch means ids
     that index past the embedding, or logits for tokens that can never be produced."""
     sizes = {"config vocab_size": cfg.vocab_size, "len(tokenizer)": tokenizer_len, "embedding rows": embedding_rows}
@@ -123,7 +158,7 @@ def check_vocab(cfg: NativeConfig, tokenizer_len: int, embedding_rows: int, outp
     return CheckResult("config.vocab", ok, str(cfg.vocab_size), "== len(tokenizer) == embedding rows", detail)
 
 
-def check_version(cfg: NativeConfig) -> CheckResult:
+def check_version(cfg: ConfigFacts) -> CheckResult:
     """rope theta / window / vocabulary consistent with a Mistral release (rules in the module docstring)."""
     combo = f"{_fmt_theta(cfg.rope_theta)}, {_fmt_window(cfg.sliding_window)}, vocab {cfg.vocab_size}"
     shape = known_shape(cfg)
@@ -157,8 +192,8 @@ def check_version(cfg: NativeConfig) -> CheckResult:
 
 
 def config_checks(subject) -> list[CheckResult]:
-    """All config rows for a :class:`~finetune.validate.target.Subject` (its declared config)."""
-    cfg = subject.declared
+    """All config rows for a :class:`~finetune.validate.target.Subject` (the config as loaded)."""
+    cfg = ConfigFacts.from_hf(subject.hf_config)
     model = subject.model
     emb = model.get_input_embeddings().weight.shape[0]
     out_layer = model.get_output_embeddings()

@@ -29,6 +29,16 @@ class CheckResult:
     detail: str
 
 
+def skipped(name: str, why: str) -> CheckResult:
+    """A row for a check that cannot apply here (no window, no native reference): passes, says why."""
+    return CheckResult(name, True, "n/a", "n/a", f"skipped: {why}")
+
+
+def relative_tolerance(tol: float) -> str:
+    """``<= 1e-4 x max(1,|logit|)``: logit differences are relative to their scale, floored at 1."""
+    return f"<= {tol:.0e} x max(1,|logit|)".replace("e-0", "e-")
+
+
 def failed(results: list[CheckResult]) -> list[CheckResult]:
     """The failing rows, in run order."""
     return [r for r in results if not r.passed]
@@ -56,22 +66,36 @@ def format_value(value: str | float) -> str:
 
 
 def render_table(results: list[CheckResult], console, title: str | None = None) -> None:
-    """Print the rows as a rich table on ``console``, failing rows first, then a one-line verdict."""
-    from rich.table import Table
+    """Print the rows as a rich table on ``console``, failing rows first, then a one-line verdict.
 
-    table = Table(title=title, title_justify="left", show_lines=False, expand=False)
-    table.add_column("", no_wrap=True)
+    On a console narrower than 110 columns the details leave the table and follow it, one
+    paragraph per row (failing rows first), so that nothing is cut off.
+    """
+    from rich.table import Table
+    from rich.text import Text
+
+    wide = console.width >= 110
+    table = Table(title=title, title_justify="left", expand=False)
+    table.add_column("", no_wrap=True, min_width=4)
     table.add_column("check", no_wrap=True, style="bold")
     table.add_column("value", no_wrap=True, justify="right")
-    table.add_column("tolerance", no_wrap=True)
-    table.add_column("detail", overflow="fold")
-    for row in ordered(results):
+    table.add_column("tolerance", max_width=24)
+    if wide:
+        table.add_column("detail", min_width=32, ratio=1)
+    rows = ordered(results)
+    for row in rows:
         mark = "[green]PASS[/]" if row.passed else "[bold red]FAIL[/]"
-        table.add_row(mark, row.name, format_value(row.value), row.tolerance, row.detail)
+        cells = [row.name, format_value(row.value), row.tolerance] + ([row.detail] if wide else [])
+        table.add_row(mark, *(Text(cell) for cell in cells))  # plain text: "[sdpa]" is not markup
     console.print(table)
+    if not wide:
+        for row in rows:
+            style = "green" if row.passed else "bold red"
+            console.print(Text.assemble((row.name, style), ": " + row.detail))
     bad = failed(results)
     if bad:
-        console.print(f"[bold red]{len(bad)} of {len(results)} checks failed[/]: {', '.join(r.name for r in bad)}")
+        console.print(Text.assemble((f"{len(bad)} of {len(results)} checks failed", "bold red"),
+                                    ": " + ", ".join(r.name for r in bad)))
     else:
         console.print(f"[green]all {len(results)} checks passed[/]")
 

@@ -43,7 +43,8 @@ class Subject:
     kind: str  # "model folder" | "hub" | "run" | "recipe" | "live"
     model: Any
     tokenizer: Any
-    declared: NativeConfig
+    hf_config: dict[str, Any]  # the transformers config as loaded (a snapshot: later edits do not show)
+    declared: NativeConfig | None  # None when the config is invalid (see the config rows)
     native: Transformer | None
     template_choice: str = "mistral"
     training_dtype: torch.dtype | None = None
@@ -68,31 +69,36 @@ class Subject:
         model has no plain weights to share: it gets no native reference, and the checks that need
         one report themselves as skipped.
         """
+        hf_config = model.config.to_dict()
+        model_type = hf_config.get("model_type")
+        if model_type not in ("mistral", "mixtral"):
+            raise FinetuneError(
+                f"{name} is a {model_type!r} model; mistral-ft validate checks Mistral and Mixtral checkpoints "
+                "(model_type mistral or mixtral)."
+            )
+        notes = list(notes or [])
+        native = declared = None
         try:
             declared = NativeConfig.from_hf_config(model.config)
-        except (ValueError, NotImplementedError) as exc:
-            raise FinetuneError(
-                f"{name} cannot be validated: {exc}.",
-                hint="mistral-ft validate checks Mistral and Mixtral checkpoints (model_type mistral or "
-                "mixtral) with the default RoPE.",
-            ) from None
-        notes = list(notes or [])
-        native = None
-        if _quantized(model):
-            notes.append("quantized weights: no native reference (validate the unquantized base folder)")
-        elif hasattr(model, "peft_config"):
-            notes.append("adapter-wrapped model: no native reference (merge it, or validate the run folder)")
-        else:
-            native = from_transformers(model)
-        model.eval()
-        return cls(name, kind, model, tokenizer, declared, native, template_choice, training_dtype, notes)
+        except NotImplementedError as exc:
+            raise FinetuneError(f"{name} cannot be validated: {exc}.") from None
+        except ValueError as exc:  # an invalid number: the config rows report it, nothing else can run
+            notes.append(f"invalid config ({exc}): only the config and template checks ran")
+        if declared is not None:
+            if _quantized(model):
+                notes.append("quantized weights: no native reference (validate the unquantized base folder)")
+            elif any(".lora_" in key for key, _ in model.named_parameters()):
+                notes.append("adapter-wrapped model: no native reference (merge it, or validate the run folder)")
+            else:
+                native = from_transformers(model)
+        return cls(name, kind, model, tokenizer, hf_config, declared, native, template_choice, training_dtype, notes)
 
     # ------------------------------------------------------------------ facts
 
     @property
     def window(self) -> int | None:
         """The sliding window the checkpoint declares (None = full causal attention)."""
-        return self.declared.sliding_window
+        return self.declared.sliding_window if self.declared else self.hf_config.get("sliding_window")
 
     @property
     def device(self) -> torch.device:
@@ -100,25 +106,26 @@ class Subject:
 
     def describe(self) -> dict[str, Any]:
         """What was validated, for the report header and ``--json``."""
-        c = self.declared
+        c = self.hf_config
+        rope = c.get("rope_parameters") or {}
         return {
             "name": self.name,
             "kind": self.kind,
-            "architecture": "mixtral" if c.n_experts else "mistral",
-            "layers": c.n_layers,
-            "hidden_size": c.dim,
-            "heads": c.n_heads,
-            "kv_heads": c.n_kv_heads,
-            "experts": c.n_experts,
-            "vocab_size": c.vocab_size,
-            "sliding_window": c.sliding_window,
-            "rope_theta": c.rope_theta,
+            "architecture": c.get("model_type"),
+            "layers": c.get("num_hidden_layers"),
+            "hidden_size": c.get("hidden_size"),
+            "heads": c.get("num_attention_heads"),
+            "kv_heads": c.get("num_key_value_heads"),
+            "experts": c.get("num_local_experts", 0),
+            "vocab_size": c.get("vocab_size"),
+            "sliding_window": c.get("sliding_window"),
+            "rope_theta": rope.get("rope_theta", c.get("rope_theta")),
             "notes": self.notes,
         }
 
     def random_ids(self, length: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
         """Deterministic random token ids ``[batch, length]``, avoiding the special ids 0-2."""
-        high = min(self.declared.vocab_size, len(self.tokenizer))
+        high = min(self.hf_config["vocab_size"], len(self.tokenizer))
         g = torch.Generator().manual_seed(seed)
         return torch.randint(3, high, (batch, length), generator=g)
 
@@ -149,17 +156,21 @@ class Subject:
 
     @contextlib.contextmanager
     def driving(self, backend: str, window: int | None | str = KEEP) -> Iterator[Any]:
-        """Run the model with attention ``backend`` (and ``window`` unless KEEP); restore both after."""
+        """Run the model in eval mode with attention ``backend`` (and ``window`` unless KEEP); restore
+        the mode, the backend and the window afterwards."""
         model = self.backend_model(backend)
         config = model.config
         old_impl, old_window = config._attn_implementation, getattr(config, "sliding_window", None)
+        was_training = model.training
         if backend != old_impl:
             model.set_attn_implementation(backend)
         if window != KEEP:
             config.sliding_window = window
+        model.eval()
         try:
             yield model
         finally:
+            model.train(was_training)
             config.sliding_window = old_window
             if model.config._attn_implementation != old_impl:
                 model.set_attn_implementation(old_impl)
@@ -170,28 +181,57 @@ class Subject:
             out = model(input_ids=ids.to(model.device), use_cache=False).logits
         return out.float().cpu()
 
-    def first_layer_output(self, ids: torch.Tensor, backend: str, window: int | None | str = KEEP) -> torch.Tensor:
-        """Hidden states after the first decoder layer ``[B, T, dim]`` (the rest of the model never runs).
+    def mask_probe(self, positions: list[int], length: int, backend: str,
+                   window: int | None | str = KEEP, seed: int = 1) -> torch.Tensor:
+        """Which keys each query of layer 0 attends, read off the model: ``seen[p, i]``.
 
-        One layer is enough to read the attention mask off the model: position ``i`` of this output
-        depends on input token ``j`` exactly when query ``i`` attends key ``j`` (or ``i == j``).
+        The batch holds the same random sequence ``len(positions) + 1`` times. In layer 0 the query
+        projection is zeroed (so attention is uniform over whatever the mask allows, whatever the
+        weights) and, in row ``p + 1``, the value vector at key ``positions[p]`` is set to a large
+        constant. Query ``i``'s attention output then moves exactly when its mask admits that key;
+        outputs the mask excludes stay bit-for-bit equal. Only layer 0 runs; the weights are not
+        touched (forward hooks only).
         """
+        ids = self.random_ids(length, seed=seed).repeat(len(positions) + 1, 1)
         captured: dict[str, torch.Tensor] = {}
-
-        def hook(module, args, output):
-            captured["h"] = output[0] if isinstance(output, tuple) else output
-            raise _StopForward
-
         with self.driving(backend, window) as model:
-            handle = model.model.layers[0].register_forward_hook(hook)
+            attn = _decoder_layers(model)[0].self_attn
+            rows = torch.arange(1, len(positions) + 1)
+            keys = torch.tensor(positions)
+
+            def zero_queries(module, args, output):
+                return torch.zeros_like(output)
+
+            def mark_values(module, args, output):
+                output = output.clone()
+                output[rows.to(output.device), keys.to(output.device)] = 1e3
+                return output
+
+            def stop(module, args, output):
+                captured["out"] = output[0] if isinstance(output, tuple) else output
+                raise _StopForward
+
+            handles = [attn.q_proj.register_forward_hook(zero_queries),
+                       attn.v_proj.register_forward_hook(mark_values),
+                       attn.register_forward_hook(stop)]
             try:
                 with torch.no_grad():
                     model(input_ids=ids.to(model.device), use_cache=False)
             except _StopForward:
                 pass
             finally:
-                handle.remove()
-        return captured["h"].float().cpu()
+                for handle in handles:
+                    handle.remove()
+            half = model.dtype in _HALF
+        out = captured["out"].float().cpu()
+        diff = (out[1:] - out[:1]).abs().amax(-1)  # [P, L]
+        return diff > float(diff.max()) * (1e-5 if half else 1e-7)
+
+
+def _decoder_layers(model: Any):
+    """The decoder layers of a ``*ForCausalLM`` (also through a PEFT wrapper)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.model.layers
 
 
 class _StopForward(Exception):
@@ -337,3 +377,92 @@ def _merge_adapter(model: Any, adapter: Path) -> Any:
 def _default_training_dtype() -> torch.dtype:
     """What ``compute_dtype: auto`` trains in: bf16 on CUDA, fp32 on CPU."""
     return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+
+
+# ---------------------------------------------------------------------- what a run measures
+
+QUICK_LENGTH = 256  # --quick: no sequence longer than this
+
+
+class Probe:
+    """One validation run of a subject: the window under test, the lengths, memoised logits.
+
+    Every window check needs sequences longer than the window (``3 W`` for parity, ``2 W + 5`` for
+    the mask probe and the cache). With a length ``cap`` (``--quick`` / ``--max-length``) shorter than
+    ``3 W`` (a real 7B v0.1 has ``W = 4096``), the window under test is scaled down to ``cap // 3``,
+    on the transformers model (its live config, restored afterwards) and on the native reference
+    alike: the mask rule and the cache logic do not depend on ``W``, and the rows say so.
+    """
+
+    def __init__(self, subject: Subject, cap: int | None = None):
+        if cap is not None and cap < 8:
+            raise FinetuneError(f"--max-length {cap} is too short to measure anything; use at least 8.")
+        self.subject = subject
+        self.cap = cap
+        declared = subject.window
+        if declared is not None and cap is not None and 3 * declared > cap:
+            self.window: int | None = max(2, cap // 3)
+        else:
+            self.window = declared
+        self._hf: dict[tuple, torch.Tensor] = {}
+        self._native: dict[tuple, torch.Tensor] = {}
+
+    @property
+    def scaled(self) -> bool:
+        """Whether the window under test is smaller than the declared one (length cap)."""
+        return self.window != self.subject.window
+
+    @property
+    def hf_window(self) -> int | None | str:
+        """The window to force on the transformers model: KEEP unless scaled down."""
+        return self.window if self.scaled else KEEP
+
+    def fit(self, length: int) -> int:
+        """``length`` under the cap."""
+        return max(1, min(length, self.cap)) if self.cap else max(1, length)
+
+    def window_note(self) -> str:
+        """How the window was measured, for the rows' details."""
+        if self.window is None:
+            return "no window"
+        if self.scaled:
+            return f"W scaled {self.subject.window}->{self.window} to fit length cap {self.cap}"
+        return f"W={self.window}"
+
+    def parity_lengths(self) -> list[int]:
+        """``< W, = W, 3 W`` with a window; 64 and 256 without; each under the cap."""
+        wanted = [self.window - 1, self.window, 3 * self.window] if self.window else [64, 256]
+        return sorted({self.fit(n) for n in wanted})
+
+    def long_length(self) -> int:
+        """A length past twice the window (mask probe, cache, training): ``2 W + 5``, or 64 without."""
+        return self.fit(2 * self.window + 5 if self.window else 64)
+
+    def ids(self, length: int, seed: int = 2) -> torch.Tensor:
+        return self.subject.random_ids(length, seed=seed)
+
+    def hf_logits(self, backend: str, length: int, seed: int = 2) -> torch.Tensor:
+        """Transformers logits for ``ids(length, seed)`` under ``backend`` (memoised)."""
+        key = (backend, length, seed)
+        if key not in self._hf:
+            self._hf[key] = self.subject.logits(self.ids(length, seed), backend, self.hf_window)
+        return self._hf[key]
+
+    def native_model(self, window: int | None | str = KEEP, kv_head_map=None) -> Transformer:
+        """The native reference at the window under test (or ``window``), optionally another KV map."""
+        native = self.subject.native
+        view = native.with_window(self.window if window == KEEP else window)
+        if kv_head_map is not None:
+            view.set_kv_head_map(kv_head_map)
+        return view
+
+    def native_logits(self, length: int, window: int | None | str = KEEP, seed: int = 2) -> torch.Tensor:
+        """Native logits for ``ids(length, seed)`` at the window under test (or ``window``), memoised."""
+        w = self.window if window == KEEP else window
+        key = (length, w, seed, self.subject.native.kv_head_map)
+        if key not in self._native:
+            model = self.native_model(w)
+            device = next(model.parameters()).device
+            with torch.no_grad():
+                self._native[key] = model(self.ids(length, seed).to(device)).float().cpu()
+        return self._native[key]
