@@ -74,10 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument(
         "--quick", action="store_true",
-        help="cap every sequence at 256 tokens (a real 7B on a CPU); a window longer than a third of the cap "
-        "is scaled down for the window checks, and the rows say so",
+        help="cap every sequence at 256 tokens instead of 4096 (a real 7B on a CPU); a window longer than a "
+        "third of the cap is scaled down for the window checks, and the rows say so",
     )
-    validate.add_argument("--max-length", type=int, metavar="N", help="cap every sequence at N tokens instead of 256")
+    validate.add_argument(
+        "--max-length", type=int, metavar="N", help="cap every sequence at N tokens (0 = no cap: 3W tokens)"
+    )
     validate.add_argument(
         "--backend", dest="backends", action="append", metavar="NAME",
         help="attention backend to check: eager, sdpa, flash_attention_2 (repeatable; default: every one "

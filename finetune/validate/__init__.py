@@ -25,10 +25,11 @@ from .checks_config import config_checks
 from .checks_template import template_checks
 from .checks_training import check_training_step
 from .report import CheckResult, exit_status, render_table, to_json
-from .target import QUICK_LENGTH, Probe, Subject, resolve_target
+from .target import DEFAULT_MAX_LENGTH, QUICK_LENGTH, Probe, Subject, length_cap, resolve_target
 
 __all__ = [
     "CheckResult",
+    "DEFAULT_MAX_LENGTH",
     "QUICK_LENGTH",
     "Subject",
     "available_backends",
@@ -73,16 +74,17 @@ def run_checks(
 
     ``target``: a model folder, a Hub id, a run folder (``recipe.yaml`` + ``adapter/``, merged on the
     fly), a recipe YAML, a :class:`~finetune.recipe.schema.Recipe`, or a :class:`Subject` (e.g.
-    ``Subject.from_live(model, tokenizer)``; a test can break its model first). ``quick`` caps every
-    sequence at :data:`QUICK_LENGTH` tokens (``max_length`` sets another cap); a window longer than a
-    third of the cap is scaled down for the window rows, which say so. ``backends`` defaults to
+    ``Subject.from_live(model, tokenizer)``; a test can break its model first). Sequence lengths are
+    capped at :data:`DEFAULT_MAX_LENGTH` (4096) tokens, at :data:`QUICK_LENGTH` (256) with ``quick``
+    (a real 7B on a CPU), or at ``max_length`` (0 = no cap); a window longer than a third of the
+    cap is scaled down for the window rows, which say so. ``backends`` defaults to
     every one that can run here. A bad target raises :class:`FinetuneError`.
     """
     say = progress or (lambda message: None)
     chosen = _backends(backends)
     say("loading the model")
     subject = resolve_target(target)
-    probe = Probe(subject, max_length or (QUICK_LENGTH if quick else None))
+    probe = Probe(subject, length_cap(quick, max_length))
     say("config and template")
     rows = config_checks(subject) + template_checks(subject)
     if subject.declared is None:  # invalid numbers: nothing can run on this config

@@ -15,6 +15,7 @@ import torch
 from .report import CheckResult
 from .target import Probe
 
+_MAX_TOKENS = 512  # per row: finiteness does not need long rows, and logits + gradients grow with them
 _DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
@@ -47,7 +48,7 @@ def check_training_step(probe: Probe) -> CheckResult:
     subject = probe.subject
     dtype = subject.training_dtype or (torch.bfloat16 if torch.cuda.is_available() else torch.float32)
     model, device = _training_model(probe, dtype)
-    length = probe.long_length()
+    length = min(probe.long_length(), _MAX_TOKENS)
     ids = subject.random_ids(length, batch=2, seed=5).to(device)
     with _frozen(model), torch.enable_grad():
         embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)

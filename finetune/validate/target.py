@@ -382,14 +382,25 @@ def _default_training_dtype() -> torch.dtype:
 # ---------------------------------------------------------------------- what a run measures
 
 QUICK_LENGTH = 256  # --quick: no sequence longer than this
+DEFAULT_MAX_LENGTH = 4096  # without --quick / --max-length (0 = no cap: 3W = 12288 for a real 7B v0.1)
+_MEMO_ELEMENTS = 2**25  # logits kept for reuse up to this size (128 MB); longer ones are recomputed
+
+
+def length_cap(quick: bool = False, max_length: int | None = None) -> int | None:
+    """The cap on sequence lengths: ``max_length`` if given (0 = none), else 256 with ``quick``,
+    else :data:`DEFAULT_MAX_LENGTH` (a 3W = 12288-token float32 forward with eager attention
+    needs tens of GB; the window rows scale W down to fit and say so)."""
+    if max_length is not None:
+        return max_length or None
+    return QUICK_LENGTH if quick else DEFAULT_MAX_LENGTH
 
 
 class Probe:
     """One validation run of a subject: the window under test, the lengths, memoised logits.
 
     Every window check needs sequences longer than the window (``3 W`` for parity, ``2 W + 5`` for
-    the mask probe and the cache). With a length ``cap`` (``--quick`` / ``--max-length``) shorter than
-    ``3 W`` (a real 7B v0.1 has ``W = 4096``), the window under test is scaled down to ``cap // 3``,
+    the mask probe and the cache). With a length ``cap`` (:func:`length_cap`) shorter than ``3 W``
+    (a real 7B v0.1 has ``W = 4096``), the window under test is scaled down to ``cap // 3``,
     on the transformers model (its live config, restored afterwards) and on the native reference
     alike: the mask rule and the cache logic do not depend on ``W``, and the rows say so.
     """
@@ -441,12 +452,18 @@ class Probe:
     def ids(self, length: int, seed: int = 2) -> torch.Tensor:
         return self.subject.random_ids(length, seed=seed)
 
+    def _memo(self, store: dict, key: tuple, compute) -> torch.Tensor:
+        if key in store:
+            return store[key]
+        value = compute()
+        if value.numel() <= _MEMO_ELEMENTS:
+            store[key] = value
+        return value
+
     def hf_logits(self, backend: str, length: int, seed: int = 2) -> torch.Tensor:
-        """Transformers logits for ``ids(length, seed)`` under ``backend`` (memoised)."""
-        key = (backend, length, seed)
-        if key not in self._hf:
-            self._hf[key] = self.subject.logits(self.ids(length, seed), backend, self.hf_window)
-        return self._hf[key]
+        """Transformers logits for ``ids(length, seed)`` under ``backend`` (memoised when small)."""
+        return self._memo(self._hf, (backend, length, seed),
+                          lambda: self.subject.logits(self.ids(length, seed), backend, self.hf_window))
 
     def native_model(self, window: int | None | str = KEEP, kv_head_map=None) -> Transformer:
         """The native reference at the window under test (or ``window``), optionally another KV map."""
@@ -459,10 +476,10 @@ class Probe:
     def native_logits(self, length: int, window: int | None | str = KEEP, seed: int = 2) -> torch.Tensor:
         """Native logits for ``ids(length, seed)`` at the window under test (or ``window``), memoised."""
         w = self.window if window == KEEP else window
-        key = (length, w, seed, self.subject.native.kv_head_map)
-        if key not in self._native:
+
+        def compute() -> torch.Tensor:
             model = self.native_model(w)
-            device = next(model.parameters()).device
             with torch.no_grad():
-                self._native[key] = model(self.ids(length, seed).to(device)).float().cpu()
-        return self._native[key]
+                return model(self.ids(length, seed).to(model.output.weight.device)).float().cpu()
+
+        return self._memo(self._native, (length, w, seed, self.subject.native.kv_head_map), compute)

@@ -108,3 +108,10 @@ def test_fast_subset(tiny_mistral):
     assert [n for n in names if n.startswith("parity")] == ["parity[sdpa]"]
     assert {"config.version", "template.inst", "template.bos"} <= set(names)
     assert not any(n.startswith(("cache.", "training.", "attention.")) for n in names)
+
+
+def test_length_cap_rules():
+    from finetune.validate.target import length_cap
+
+    assert length_cap() == 4096 and length_cap(quick=True) == 256
+    assert length_cap(quick=True, max_length=64) == 64 and length_cap(max_length=0) is None
