@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", metavar="DIR", help="run folder to create (default: <output.dir>/<name>-<timestamp>); "
         "must be absent or empty",
     )
+    train.add_argument(
+        "--skip-validate", action="store_true",
+        help="train even when the pre-training checks (config, [INST] template, attention parity) fail",
+    )
 
     recipe = commands.add_parser("recipe", help="inspect recipes: the schema, or a resolved recipe")
     recipe_commands = recipe.add_subparsers(dest="recipe_command", metavar="ACTION", required=True)
@@ -102,7 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tiny.add_argument("--hidden-size", type=int, default=128, help="model width")
     tiny.add_argument("--layers", type=int, default=2, help="number of decoder layers")
-    tiny.add_argument("--sliding-window", type=int, default=4096, help="attention window (0 = none)")
+    tiny.add_argument(
+        "--sliding-window", type=int, default=None,
+        help="attention window, 0 = none (default: as the tokenizer's release: 4096 for v1, none for v3)",
+    )
     tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     return parser
 
@@ -135,7 +142,8 @@ def _dispatch(args, console: Console) -> int:
         from finetune.recipe.load import load_recipe
         from finetune.train.run import train
 
-        train(load_recipe(args.recipe, args.overrides), output=args.output, console=console)
+        recipe = load_recipe(args.recipe, args.overrides)
+        train(recipe, output=args.output, console=console, skip_validate=args.skip_validate)
         return 0
     if args.command == "recipe":
         from finetune.recipe.describe import describe_schema, dump_recipe
@@ -156,10 +164,10 @@ def _dispatch(args, console: Console) -> int:
     if args.command == "tiny-model":
         from finetune.model.tiny import build_tiny_model
 
+        window = {} if args.sliding_window is None else {"sliding_window": args.sliding_window or None}
         out = build_tiny_model(
             args.out, arch=args.arch, tokenizer=args.tokenizer, seed=args.seed, hidden_size=args.hidden_size,
-            intermediate_size=3 * args.hidden_size, num_layers=args.layers,
-            sliding_window=args.sliding_window or None,
+            intermediate_size=3 * args.hidden_size, num_layers=args.layers, **window,
         )
         console.print(f"wrote {out}")
         return 0

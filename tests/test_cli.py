@@ -116,3 +116,18 @@ def test_existing_output_folder_is_never_overwritten(tmp_path, tiny_mistral):
     result = run_cli("train", recipe(tmp_path, tiny_mistral, jsonl(tmp_path, [ROW])), "--output", str(out))
     assert_clean_error(result, "already exists and is not empty")
     assert (out / "summary.json").read_text() == "{}"
+
+
+def test_train_refuses_a_model_that_fails_pre_training_checks(tmp_path):
+    """A v0.3-vocabulary model with v0.1's window and rope theta matches no Mistral release."""
+    from finetune.model.tiny import build_tiny_model
+
+    bad = build_tiny_model(tmp_path / "bad", tokenizer="v3", sliding_window=4096, rope_theta=1e4)
+    args = ["train", recipe(tmp_path, bad, jsonl(tmp_path, [ROW] * 4), "train:\n  max_steps: 1\n"),
+            "--set", "data.validation_ratio=0"]
+    refused = run_cli(*args, "--output", str(tmp_path / "refused"))
+    assert_clean_error(refused, "pre-training check", "config.version", "--skip-validate")
+    assert not (tmp_path / "refused").exists()
+    forced = run_cli(*args, "--skip-validate", "--output", str(tmp_path / "forced"))
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert (tmp_path / "forced" / "adapter" / "adapter_config.json").is_file()

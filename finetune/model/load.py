@@ -93,8 +93,7 @@ def _local_or_hub(name: str) -> str:
     path = Path(name).expanduser()
     if path.exists():
         return str(path)
-    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name and "/" != os.sep
-    if looks_local:
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:  # a path, not an `org/name` Hub id
         raise FinetuneError(
             f"model.base {name!r}: no such folder.",
             hint="Point model.base at a folder with config.json and weights, or use a Hub id such as "

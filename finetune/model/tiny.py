@@ -111,6 +111,9 @@ def build_tiny_model(
 
     out = Path(out_dir)
     vocab = 32768 if tokenizer == "v3" else 32000
+    if tokenizer == "v3":  # like Mistral 7B v0.3 and Mixtral: no sliding window, rope theta 1e6
+        config_overrides.setdefault("sliding_window", None)
+        config_overrides.setdefault("rope_theta", 1e6)
     config = tiny_config(arch, vocab_size=vocab, **config_overrides)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

@@ -25,8 +25,15 @@ from finetune.train.plots import plot_losses
 from finetune.train.sft import build_sft_trainer
 
 
-def train(recipe: Recipe, output: str | None = None, console: Console | None = None) -> Path:
-    """Run the recipe end to end and return the run folder."""
+def train(
+    recipe: Recipe, output: str | None = None, console: Console | None = None, skip_validate: bool = False
+) -> Path:
+    """Run the recipe end to end and return the run folder.
+
+    Before any training step the fast subset of ``mistral-ft validate`` (config invariants, the
+    [INST] template against mistral-common, a short parity check) runs on the loaded model; a failure
+    stops the run unless ``skip_validate``.
+    """
     console = console or Console(stderr=True)
     started = time.perf_counter()
     if output is not None:
@@ -39,6 +46,8 @@ def train(recipe: Recipe, output: str | None = None, console: Console | None = N
 
     with console.status(f"loading {recipe.model.base} ({recipe.model.quantization})"):
         model = load_base_model(recipe.model)
+    _pre_validate(recipe, model, tokenizer, console, skip_validate)
+    with console.status("attaching LoRA adapters"):
         model = attach_lora(model, recipe.lora, recipe.train.gradient_checkpointing)
     trainable, total = model.get_nb_trainable_parameters()
     console.print(f"model: {total / 1e6:.1f}M parameters, {trainable / 1e6:.2f}M trainable (LoRA r={recipe.lora.r})")
@@ -68,6 +77,29 @@ def train(recipe: Recipe, output: str | None = None, console: Console | None = N
     runs.write_summary(run_dir, summary)
     _print_summary(console, summary)
     return run_dir
+
+
+def _pre_validate(recipe: Recipe, model, tokenizer, console: Console, skip: bool) -> None:
+    """Refuse to spend compute on a model that does not attend or format prompts the Mistral way."""
+    from finetune.errors import FinetuneError
+    from finetune.validate import Subject, fast_subset, render_table
+
+    with console.status("validating model and template"):
+        rows = fast_subset(Subject.from_live(model, tokenizer, template_choice=recipe.data.template))
+    failed = [r for r in rows if not r.passed]
+    if not failed:
+        console.print(f"validate: {len(rows)} pre-training checks passed")
+        return
+    render_table(failed, console=console)
+    names = ", ".join(r.name for r in failed)
+    if skip:
+        console.print(f"[yellow]validate: {names} failed; continuing because of --skip-validate[/]")
+        return
+    raise FinetuneError(
+        f"The model failed {len(failed)} pre-training check(s): {names} (table above).",
+        hint="Fix the model or template, run `mistral-ft validate` for the full report, or pass "
+        "--skip-validate to train anyway.",
+    )
 
 
 def _evaluate(recipe: Recipe, trainer, tokenizer, data, when: str, console: Console) -> dict:

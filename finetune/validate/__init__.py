@@ -105,8 +105,9 @@ def run_checks(
 def fast_subset(target: Any, *, length: int = 32, backend: str | None = None) -> list[CheckResult]:
     """The checks ``mistral-ft train`` runs before training: config, template, one short parity check.
 
-    Seconds on a tiny model; on a real model the cost is one float32 forward of ``length`` tokens
-    (plus, when ``target`` is a path or recipe, loading the base in float32: 4 bytes a parameter).
+    Seconds on a tiny model; on a real model the cost is three float32 forwards of at most
+    ``length`` tokens (plus, when ``target`` is a path or recipe, loading the base in float32: 4 bytes
+    a parameter).
     To reuse a model already loaded for training, pass ``Subject.from_live(model, tokenizer,
     template_choice=recipe.data.template)`` - with unquantized weights the parity row shares them;
     quantized or adapter-wrapped, the parity row reports itself skipped (``passed=True``). The parity
@@ -155,8 +156,9 @@ def validate(
     else:
         about = subject.describe()
         window = about["sliding_window"] or "none"
+        theta = f"{about['rope_theta']:g}".replace("e+0", "e").replace("e+", "e")
         title = (f"mistral-ft validate {subject.name}: {about['architecture']}, {about['layers']} layers, "
-                 f"window {window}, rope theta {about['rope_theta']:g}, vocab {about['vocab_size']}")
+                 f"window {window}, rope theta {theta}, vocab {about['vocab_size']}")
         render_table(rows, Console(), title=title)
         for note in subject.notes:
             Console().print(f"note: {note}", highlight=False)

@@ -62,7 +62,7 @@ def parity_tolerance(probe: Probe, backend: str) -> float:
 
 
 def _probe_positions(length: int, window: int | None) -> list[int]:
-    """Key positions to perturb: all of them for short sequences, else a spread covering the start,
+    """Key positions to mark: all of them for short sequences, else a spread covering the start,
     the window edge and the steady state."""
     if length <= _FULL_PROBE:
         return list(range(length))
@@ -86,7 +86,7 @@ def measure_mask(probe: Probe, backend: str) -> tuple[torch.Tensor, list[int], i
 
 def check_window_keys(probe: Probe, backend: str) -> CheckResult:
     """The mask ``backend`` applies has exactly ``W`` keys per row past the window (all keys, causal,
-    without a window), measured by perturbation of the first layer (see the module docstring)."""
+    without a window), read off the first layer with marked values (see the module docstring)."""
     name = f"attention.window[{backend}]"
     w = probe.window
     seen, positions, length = measure_mask(probe, backend)
@@ -109,7 +109,7 @@ def check_window_keys(probe: Probe, backend: str) -> CheckResult:
         how = f"queries per key, keys {positions} probed in layer 0"
     detail = f"{how}; length {length}, {probe.window_note()}"
     if not ok:
-        detail = _first_mismatch(seen, expected, positions) + f"; {detail}"
+        detail = _explain_mismatch(seen, expected, positions) + f"; {detail}"
     return CheckResult(name, ok, value, tolerance, detail)
 
 
@@ -118,21 +118,24 @@ def _span(counts: torch.Tensor) -> str:
     return str(values[0]) if len(values) == 1 else f"{values[0]}..{values[-1]}"
 
 
-def _first_mismatch(seen: torch.Tensor, expected: torch.Tensor, positions: list[int]) -> str:
-    """``query i sees keys ... expected ...`` for the first query row that differs."""
+def _explain_mismatch(seen: torch.Tensor, expected: torch.Tensor, positions: list[int]) -> str:
+    """``query i sees keys ... expected ...`` for the last query row that differs (the furthest past
+    the window, where an ignored window and an off-by-one look most different), and what it means."""
     bad = (seen != expected).any(0).nonzero().flatten()
-    i = int(bad[0])
+    i = int(bad[-1])
     got = [positions[p] for p in seen[:, i].nonzero().flatten().tolist()]
     want = [positions[p] for p in expected[:, i].nonzero().flatten().tolist()]
-    future = [j for j in got if j > i]
     what = f"query {i} sees keys {_ranges(got)} ({len(got)}), expected {_ranges(want)} ({len(want)})"
-    if future:
-        what += f": it sees FUTURE keys {future[:5]} (causal mask broken)"
-    elif len(got) > len(want) and want:
-        what += ": the window is wider than declared (off by one, or ignored)"
-    elif len(got) < len(want):
-        what += ": the window is narrower than declared"
-    return what
+    earlier = [j for j in positions if j <= i]
+    if any(j > i for j in got):
+        return what + ": it sees FUTURE keys (causal mask broken)"
+    if len(got) > len(want) and got == earlier:
+        return what + ": every earlier key, the window is ignored"
+    if len(got) == len(want) + 1:
+        return what + ": one key too many, the window is off by one (W+1 keys)"
+    if len(got) == len(want) - 1:
+        return what + ": one key too few (W-1 keys)"
+    return what + (": the window is wider than declared" if len(got) > len(want) else ": the mask differs")
 
 
 def _ranges(items: list[int]) -> str:

@@ -55,7 +55,7 @@ def test_window_ignored_by_the_attention_path(tiny_mistral):
     rows = by_name(run_checks(subject))
     for backend in ("eager", "sdpa"):
         window = rows[f"attention.window[{backend}]"]
-        assert not window.passed and "wider than declared" in window.detail
+        assert not window.passed and "the window is ignored" in window.detail
         assert window.value == f"{W + 1}..{2 * W + 5}"  # every earlier key: no window at all
         assert not rows[f"window.sensitivity[{backend}]"].passed
         assert "silently ignored" in rows[f"window.sensitivity[{backend}]"].detail
@@ -69,7 +69,9 @@ def test_window_off_by_one(tiny_mistral):
     named = by_name(rows)
     window = named["attention.window[test_off_by_one]"]
     assert not window.passed and window.value == str(W + 1)
-    assert f"query {W} sees keys 0..{W} ({W + 1}), expected 1..{W} ({W})" in window.detail
+    last = 2 * W + 4  # the probe runs 2W + 5 tokens
+    assert f"query {last} sees keys {last - W}..{last} ({W + 1}), expected {last - W + 1}..{last} ({W})" in window.detail
+    assert "off by one" in window.detail
     parity = named["parity[test_off_by_one]"]
     assert not parity.passed and f"window W+1={W + 1}" in parity.detail
     assert named["window.sensitivity[test_off_by_one]"].passed  # a window is applied, just the wrong one
