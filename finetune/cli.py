@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``mistral-ft`` and ``python -m finetune``."""
     args = build_parser().parse_args(argv)
     console = Console(stderr=True)
-    _quiet_libraries()
+    if args.command != "recipe":  # recipe commands never import the ML stack: keep them instant
+        _quiet_libraries()
     try:
         return _dispatch(args, console)
     except FinetuneError as exc:
