@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from transformers import set_seed
 
 from finetune.data import prepare_data
 from finetune.model.adapters import attach_lora
@@ -48,6 +49,7 @@ def train(
         model = load_base_model(recipe.model)
     _pre_validate(recipe, model, tokenizer, console, skip_validate)
     with console.status("attaching LoRA adapters"):
+        set_seed(recipe.train.seed)  # adapter init depends on the recipe's seed alone
         model = attach_lora(model, recipe.lora, recipe.train.gradient_checkpointing)
     trainable, total = model.get_nb_trainable_parameters()
     console.print(f"model: {total / 1e6:.1f}M parameters, {trainable / 1e6:.2f}M trainable (LoRA r={recipe.lora.r})")
