@@ -8,7 +8,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from finetune.recipe.errors import _model_in
+from finetune.recipe.errors import model_in
 from finetune.recipe.schema import Recipe
 
 
@@ -17,7 +17,7 @@ def describe_schema(model: type[BaseModel] = Recipe, prefix: str = "") -> str:
     lines: list[str] = []
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
-        sub = _model_in(field.annotation)
+        sub = model_in(field.annotation)
         if sub is not None:
             many = typing.get_origin(field.annotation) is list
             lines.append(f"\n{key}{'[]' if many else ''}:  {sub.__doc__.strip().splitlines()[0]}")

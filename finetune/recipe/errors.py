@@ -88,16 +88,16 @@ def model_at(loc: list[str]) -> type[BaseModel] | None:
             continue
         if model is None or part not in model.model_fields:
             return None
-        model = _model_in(model.model_fields[part].annotation)
+        model = model_in(model.model_fields[part].annotation)
     return model
 
 
-def _model_in(annotation) -> type[BaseModel] | None:
+def model_in(annotation) -> type[BaseModel] | None:
     """The BaseModel inside an annotation such as ``X``, ``list[X]`` or ``X | None``."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in typing.get_args(annotation):
-        found = _model_in(arg)
+        found = model_in(arg)
         if found is not None:
             return found
     return None

@@ -16,6 +16,7 @@ from rich.console import Console
 from transformers import set_seed
 
 from finetune.data import prepare_data
+from finetune.errors import FinetuneError
 from finetune.model.adapters import attach_lora
 from finetune.model.load import load_base_model, load_tokenizer
 from finetune.recipe.schema import Recipe
@@ -83,7 +84,6 @@ def train(
 
 def _pre_validate(recipe: Recipe, model, tokenizer, console: Console, skip: bool) -> None:
     """Refuse to spend compute on a model that does not attend or format prompts the Mistral way."""
-    from finetune.errors import FinetuneError
     from finetune.validate import Subject, fast_subset, render_table
 
     with console.status("validating model and template"):

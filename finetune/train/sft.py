@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from transformers import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
+from finetune.model.load import compute_dtype
 from finetune.recipe.schema import Recipe
 
 
@@ -31,6 +33,7 @@ class LeanSFTTrainer(SFTTrainer):
 def sft_arguments(recipe: Recipe, run_dir: Path, use_cpu: bool) -> SFTConfig:
     """The TRL/transformers arguments for the recipe's ``train:`` and ``eval:`` sections."""
     t = recipe.train
+    dtype = compute_dtype(recipe.model)  # the same rule the model was loaded with
     has_eval = bool(recipe.data.validation_sources) or recipe.data.validation_ratio > 0
     return SFTConfig(
         output_dir=str(run_dir / "checkpoints"),
@@ -57,8 +60,8 @@ def sft_arguments(recipe: Recipe, run_dir: Path, use_cpu: bool) -> SFTConfig:
         report_to=[],
         disable_tqdm=True,
         use_cpu=use_cpu,
-        bf16=recipe.model.compute_dtype == "bf16" or (recipe.model.compute_dtype == "auto" and not use_cpu),
-        fp16=recipe.model.compute_dtype == "fp16",
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
         dataloader_num_workers=0,
         completion_only_loss=True,
         max_length=None,  # rows are already cut to data.max_length, with the policy the recipe chose
