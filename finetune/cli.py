@@ -17,12 +17,17 @@ from finetune.errors import FinetuneError
 
 EXAMPLES = """examples:
   mistral-ft train recipes/quickstart.yaml
+  mistral-ft train recipes/quickstart-dpo.yaml --set model.adapter=runs/quickstart-<timestamp>
   mistral-ft train recipes/mistral-7b-qlora-instruct-v3.yaml --set train.max_steps=200 --set lora.r=32
   mistral-ft recipe check recipes/mistral-7b-qlora-instruct-v3.yaml
   mistral-ft recipe schema
   mistral-ft tiny-model models/tiny-mistral
   mistral-ft validate models/tiny-mistral
   mistral-ft validate mistralai/Mistral-7B-v0.1 --quick --json
+  mistral-ft generate runs/quickstart-<timestamp> --prompt "Is a grape a fruit, an animal or a vehicle?"
+  mistral-ft chat runs/quickstart-<timestamp> --temperature 0
+  mistral-ft merge runs/quickstart-<timestamp> --dtype bf16
+  mistral-ft push runs/quickstart-<timestamp> --repo my-user/quickstart-lora --private
 """
 
 
@@ -40,9 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train",
         help="fine-tune a model as a recipe says",
-        description="Load the base model (4-bit / 8-bit / 16-32-bit), attach LoRA adapters, format and "
-        "tokenize the data with the loss on responses only, train with TRL's SFTTrainer and write a run "
-        "folder (resolved recipe, adapter, tokenizer, metrics.jsonl, loss.png, summary.json).",
+        description="Load the base model (4-bit / 8-bit / 16-32-bit), attach LoRA adapters (fresh, or "
+        "model.adapter's), format and tokenize the data, train with TRL's SFTTrainer (train.method: sft, loss "
+        "on responses only) or DPOTrainer (train.method: dpo, preference pairs) and write a run folder "
+        "(resolved recipe, adapter, tokenizer, metrics.jsonl, loss.png, summary.json).",
     )
     train.add_argument("recipe", help="path of the YAML recipe")
     _add_set(train)
@@ -91,6 +97,63 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("--json", action="store_true", help="print machine-readable JSON instead of the table")
 
+    generate = commands.add_parser(
+        "generate",
+        help="answer one prompt with a run, a merged model or a Hub model (streamed)",
+        description="Load TARGET and print its answer to one prompt, streamed as it is produced. A run folder "
+        "loads its recipe's base (quantization included) + the adapter, with the prompt format it trained on.",
+    )
+    generate.add_argument("target", help="a run folder (recipe.yaml + adapter/), a model folder or a Hub id")
+    generate.add_argument("--prompt", required=True, metavar="TEXT", help="the user message; - reads it from stdin")
+    _add_sampling(generate)
+
+    chat = commands.add_parser(
+        "chat",
+        help="talk with a run, a merged model or a Hub model, several turns, answers streamed",
+        description="An interactive conversation: the whole history is re-encoded in the model's format every "
+        "turn (oldest turns dropped when it outgrows the context). /reset forgets it; /exit, Ctrl-D or Ctrl-C "
+        "leave. With piped input, each line is a message and only the answers are printed.",
+    )
+    chat.add_argument("target", help="a run folder (recipe.yaml + adapter/), a model folder or a Hub id")
+    _add_sampling(chat)
+
+    push = commands.add_parser(
+        "push",
+        help="publish a run's adapter (or merged model) to the Hugging Face Hub with a generated model card",
+        description="Upload RUN/adapter + RUN/tokenizer (or, with --merged, RUN/merged from `mistral-ft merge`) "
+        "and a README.md model card (base model, method, LoRA settings, data, held-out metrics before -> after, "
+        "the full recipe, a usage snippet) in one commit. The token comes from HF_TOKEN or `hf auth login` and "
+        "is never printed. Transient Hub failures (5xx, dropped connections) are retried.",
+    )
+    push.add_argument("run", help="the run folder written by `mistral-ft train`")
+    push.add_argument("--repo", required=True, metavar="ID", help="Hub repository: namespace/name, or name for your own")
+    push.add_argument("--merged", action="store_true", help="push RUN/merged (a full model) instead of the adapter")
+    push.add_argument(
+        "--private", action="store_true", help="create the repository private (an existing one keeps its visibility)"
+    )
+    push.add_argument("--revision", metavar="BRANCH", help="branch to commit to, created if missing (default: main)")
+    push.add_argument(
+        "--license", metavar="ID",
+        help="licence in the card (default: the base model's, read from its card when it is on this machine; "
+        "else apache-2.0, the licence of Mistral AI's open-weight models)",
+    )
+
+    merge = commands.add_parser(
+        "merge",
+        help="fold a run's adapter into its base: a plain model folder for transformers / vLLM / TGI",
+        description="Stream the base checkpoint tensor by tensor, add the LoRA / DoRA update (QLoRA runs: onto the "
+        "NF4 / int8 round-tripped weights the adapter was trained against), put in the modules_to_save copies, and "
+        "write safetensors shards (5 GB), config.json, generation_config.json and the run's tokenizer. Then compare "
+        "the merged model's logits with the live adapter model's on held-out prompts: exit status 0 when they "
+        "agree within tolerance (written to merge_report.json), 1 when not, 2 for a bad run folder or flag.",
+    )
+    merge.add_argument("run", help="the run folder written by `mistral-ft train`")
+    merge.add_argument("--output", metavar="DIR", help="folder to write (default: RUN/merged); must be absent or empty")
+    merge.add_argument(
+        "--dtype", choices=["bf16", "fp16", "fp32"], default="bf16",
+        help="dtype of the merged weights (default bf16, what Mistral ships and servers run; fp32 keeps every bit)",
+    )
+
     tiny = commands.add_parser(
         "tiny-model",
         help="write a tiny random Mistral/Mixtral with the real Mistral tokenizer (offline smoke tests)",
@@ -122,11 +185,27 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_sampling(parser: argparse.ArgumentParser) -> None:
+    """--system and the decoding flags of generate and chat (defaults: Sampling in lifecycle/generate.py)."""
+    from finetune.lifecycle.generate import Sampling
+
+    d = Sampling()
+    parser.add_argument("--system", metavar="TEXT", help="system prompt (placed where mistral-common puts it)")
+    parser.add_argument("--max-tokens", type=int, default=d.max_tokens, metavar="N",
+                        help=f"most new tokens per answer (default {d.max_tokens})")
+    parser.add_argument("--temperature", type=float, default=d.temperature, metavar="T",
+                        help=f"sampling temperature, 0 = greedy (default {d.temperature}, as mistral-chat)")
+    parser.add_argument("--top-p", type=float, default=d.top_p, metavar="P",
+                        help=f"nucleus sampling: keep the most likely tokens up to P (default {d.top_p}, as "
+                        "mistral-inference; 1 = off)")
+    parser.add_argument("--seed", type=int, default=d.seed, help=f"seed of the sampling (default {d.seed})")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``mistral-ft`` and ``python -m finetune``."""
     args = build_parser().parse_args(argv)
     console = Console(stderr=True)
-    if args.command != "recipe":  # recipe commands never import the ML stack: keep them instant
+    if args.command not in ("recipe", "push"):  # these never import the ML stack: keep them instant
         _quiet_libraries()
     try:
         return _dispatch(args, console)
@@ -136,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         return 130
+    except BrokenPipeError:  # `mistral-ft recipe schema | head`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
 
 
 def _dispatch(args, console: Console) -> int:
@@ -162,6 +244,29 @@ def _dispatch(args, console: Console) -> int:
             args.target, quick=args.quick, backends=args.backends, max_length=args.max_length,
             as_json=args.json, console=console,
         )
+    if args.command in ("generate", "chat"):
+        from finetune.lifecycle.generate import Sampling
+
+        sampling = Sampling(args.max_tokens, args.temperature, args.top_p, args.seed)
+        if args.command == "generate":
+            from finetune.lifecycle.generate import generate
+
+            return generate(args.target, args.prompt, args.system, sampling, console)
+        from finetune.lifecycle.chat import chat
+
+        return chat(args.target, args.system, sampling, console)
+    if args.command == "push":
+        from finetune.lifecycle.push import push
+
+        result = push(args.run, args.repo, merged=args.merged, private=args.private, revision=args.revision,
+                      license=args.license, console=console)
+        print(f"pushed {len(result.files)} files to {result.url}")
+        print("\n".join(f"  {name}" for name in result.files))
+        return 0
+    if args.command == "merge":
+        from finetune.lifecycle.merge import merge
+
+        return merge(args.run, output=args.output, dtype=args.dtype, console=console)
     if args.command == "tiny-model":
         from finetune.model.tiny import build_tiny_model
 

@@ -55,6 +55,22 @@ def test_recipe_schema_documents_every_section():
         assert key in result.stdout
 
 
+def test_output_closed_early_by_the_reader_is_not_an_error():
+    """`mistral-ft recipe schema | head -1`: the reader leaves; no traceback, status 0."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    proc = subprocess.Popen([sys.executable, "-m", "finetune", "recipe", "schema"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+    assert proc.stdout.read(10)  # the first bytes, then the reader goes away
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr
+
+
 def test_recipe_check_prints_resolved_recipe(tmp_path):
     result = run_cli("recipe", "check", recipe(tmp_path, "m", "d.jsonl"), "--set", "lora.r=4")
     assert result.returncode == 0, result.stderr

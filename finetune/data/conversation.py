@@ -3,17 +3,37 @@
 A conversation is a list of ``{"role": ..., "content": ...}`` dicts: an optional leading ``system``
 message, then ``user`` / ``assistant`` turns strictly alternating, starting with ``user``.  A
 training conversation ends with an ``assistant`` turn; a prompt for generation ends with ``user``.
-Plain-text (language-modelling) examples are bare strings, so an :data:`Example` is either.
+Plain-text (language-modelling) examples are bare strings; preference data (DPO) are
+:class:`PreferencePair` objects.  An :data:`Example` is any of the three.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Literal, Union
 
 Role = Literal["system", "user", "assistant"]
 Message = dict[str, str]
 Conversation = list[Message]
-Example = Union[Conversation, str]
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """A prompt conversation (ending with a user turn) and two answers to it, the preferred one first.
+
+    What the ``preference`` format parses every row shape into, and what DPO trains on.
+    """
+
+    prompt: Conversation
+    chosen: str
+    rejected: str
+
+    def with_system_prompt(self, system_prompt: str | None) -> "PreferencePair":
+        """The pair with ``system_prompt`` in front of its prompt (unless it has its own)."""
+        return replace(self, prompt=with_system_prompt(self.prompt, system_prompt))
+
+
+Example = Union[Conversation, str, PreferencePair]
 
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from finetune.data.conversation import Example, with_system_prompt
+from finetune.data.conversation import Example, PreferencePair, with_system_prompt
 from finetune.data.formats import Format, RowError, get_format, rename_columns
 from finetune.data.report import FILTERED, SourceReport
 from finetune.data.sources import RawRow, read_rows
@@ -54,7 +54,9 @@ def load_examples(source: SourceConfig, key: str) -> tuple[list[Item], SourceRep
             example = fmt.parse(row)
         except RowError as err:
             raise row_error(key, fmt, raw, err) from None
-        if not isinstance(example, str):
+        if isinstance(example, PreferencePair):
+            example = example.with_system_prompt(source.system_prompt)
+        elif not isinstance(example, str):
             example = with_system_prompt(example, source.system_prompt)
         items.append(Item(example, raw.where, report, report.read))
     _check_not_empty(source, key, report, seen_sources)

@@ -58,9 +58,9 @@ def prepare_data(data: DataConfig, tokenizer) -> PreparedData:
     template = select_template(tokenizer, data.template, encode_text)
     report = DataReport(template.name, encode_text.kind, data.max_length, data.overlong)
 
-    train_items = _load(data.sources, "data.sources", data.seed, report)
+    train_items = load_items(data.sources, "data.sources", data.seed, report)
     if data.validation_sources:
-        eval_items = _load(data.validation_sources, "data.validation_sources", data.seed, report)
+        eval_items = load_items(data.validation_sources, "data.validation_sources", data.seed, report)
         report.eval_origin = "validation_sources"
     else:
         train_items, eval_items = hold_out(train_items, data.validation_ratio)
@@ -89,7 +89,7 @@ def prepare_data(data: DataConfig, tokenizer) -> PreparedData:
     return PreparedData(to_dataset(train), to_dataset(evaluation) if evaluation else None, prompts, report, template)
 
 
-def _load(sources, key: str, seed: int, report: DataReport) -> list[Item]:
+def load_items(sources, key: str, seed: int, report: DataReport) -> list[Item]:
     """All examples of ``sources`` concatenated, then shuffled with ``seed``."""
     items: list[Item] = []
     for index, source in enumerate(sources):

@@ -52,9 +52,9 @@ def load_tokenizer(cfg: ModelConfig):
     from transformers import AutoTokenizer
 
     source = cfg.tokenizer or cfg.base
-    with _friendly_hub_errors(source, "tokenizer"):
+    with friendly_hub_errors(source, "tokenizer"):
         tokenizer = AutoTokenizer.from_pretrained(
-            _local_or_hub(source), revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+            local_or_hub(source), revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
         )
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -65,9 +65,9 @@ def load_base_model(cfg: ModelConfig, device_map=None):
     """The frozen base model, quantized as the recipe asks, in eval-free training-ready state."""
     from transformers import AutoModelForCausalLM
 
-    with _friendly_hub_errors(cfg.base, "model"):
+    with friendly_hub_errors(cfg.base, "model"):
         model = AutoModelForCausalLM.from_pretrained(
-            _local_or_hub(cfg.base),
+            local_or_hub(cfg.base),
             revision=cfg.revision,
             dtype=compute_dtype(cfg),
             quantization_config=quantization_config(cfg),
@@ -88,7 +88,7 @@ def _default_device_map(cfg: ModelConfig):
     return {"": "cpu"}
 
 
-def _local_or_hub(name: str) -> str:
+def local_or_hub(name: str) -> str:
     """A local folder's path, or the Hub id unchanged. A path that looks local but is missing is an error."""
     path = Path(name).expanduser()
     if path.exists():
@@ -102,7 +102,7 @@ def _local_or_hub(name: str) -> str:
     return name
 
 
-class _friendly_hub_errors:
+class friendly_hub_errors:
     """Turn the Hub client's errors for a missing or unreachable repository into one FinetuneError."""
 
     def __init__(self, name: str, what: str):

@@ -1,9 +1,9 @@
 """The recipe schema: every key a recipe may hold, its type, default and meaning.
 
-A recipe is one YAML file with five sections (``model``, ``lora``, ``data``, ``train``, ``eval``,
-``output``).  Every model forbids unknown keys, so a typo is an error with a suggestion rather than
-a silently ignored setting (axolotl drops unknown keys; we refuse them).  Field descriptions are the
-documentation: ``mistral-ft recipe schema`` prints them.
+A recipe is one YAML file with sections ``model``, ``lora``, ``data``, ``train``, ``dpo`` (read
+only by ``train.method: dpo``), ``eval`` and ``output``.  Every model forbids unknown keys, so a typo
+is an error with a suggestion rather than a silently ignored setting (axolotl drops unknown keys; we
+refuse them).  Field descriptions are the documentation: ``mistral-ft recipe schema`` prints them.
 
 Nothing here imports torch: a recipe can be checked without loading any model code.
 """
@@ -46,6 +46,13 @@ class ModelConfig(Section):
     trust_remote_code: bool = Field(
         False, description="Run Python code shipped with the model repository. Off unless you trust it."
     )
+    adapter: str | None = Field(
+        None,
+        description="Start from a trained LoRA adapter instead of a fresh one: a run folder (its adapter/ is "
+        "used) or a peft adapter folder (adapter_config.json + weights) trained on this base. The lora: "
+        "section is then not used; the adapter's own rank and targets are. sft continues training it; dpo "
+        "trains it as the policy and keeps a frozen copy of it as the reference.",
+    )
 
 
 class LoraConfig(Section):
@@ -72,7 +79,7 @@ class LoraConfig(Section):
     )
 
 
-FormatName = Literal["instruct-v3", "alpaca", "messages", "prompt-completion", "text"]
+FormatName = Literal["instruct-v3", "alpaca", "messages", "prompt-completion", "text", "preference"]
 
 
 class SourceConfig(Section):
@@ -135,7 +142,11 @@ class DataConfig(Section):
 class TrainConfig(Section):
     """Optimisation: the hyper-parameters handed to the trainer."""
 
-    method: Literal["sft"] = Field("sft", description="Training method.")
+    method: Literal["sft", "dpo"] = Field(
+        "sft",
+        description="Training method: sft = supervised fine-tuning on responses; dpo = direct preference "
+        "optimisation on preference pairs (sources in the preference format; settings in dpo:).",
+    )
     learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
         "cosine", description="Learning-rate schedule after warm-up."
@@ -156,6 +167,29 @@ class TrainConfig(Section):
     eval_steps: int | None = Field(None, gt=0, description="Evaluate held-out loss every N steps (None = at the end).")
     save_steps: int | None = Field(None, gt=0, description="Write a checkpoint every N steps (None = no checkpoints).")
     save_total_limit: int | None = Field(2, gt=0, description="Keep only the last K checkpoints.")
+
+
+class DpoConfig(Section):
+    """Direct preference optimisation (train.method: dpo) through TRL's DPOTrainer."""
+
+    beta: float = Field(
+        0.1, gt=0, description="How far the policy may move from the reference: higher keeps it closer."
+    )
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = Field(
+        "sigmoid",
+        description="TRL's loss: sigmoid = the DPO paper's, ipo = IPO (squared loss on log-probs averaged per "
+        "token), hinge = SLiC's hinge on the reward margin.",
+    )
+    max_prompt_length: int | None = Field(
+        None, gt=0,
+        description="Most prompt tokens per pair (BOS and [INST] markers included); None = only data.max_length "
+        "limits it. Longer prompts follow data.overlong (truncate keeps BOS and the end of the prompt).",
+    )
+    max_completion_length: int | None = Field(
+        None, gt=0,
+        description="Most tokens per chosen or rejected answer (EOS included); None = only data.max_length "
+        "limits it. data.max_length bounds prompt + answer for each side of the pair.",
+    )
 
 
 class EvalConfig(Section):
@@ -188,6 +222,7 @@ class Recipe(Section):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     data: DataConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
+    dpo: DpoConfig = Field(default_factory=DpoConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
@@ -199,4 +234,23 @@ class Recipe(Section):
                 "eval.generate and train.eval_steps need held-out rows: set data.validation_ratio > 0 "
                 "or list data.validation_sources"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _formats_match_method(self) -> "Recipe":
+        sources = [*self.data.sources, *self.data.validation_sources]
+        preference = [s.path for s in sources if s.format == "preference"]
+        if self.train.method == "dpo" and len(preference) < len(sources):
+            other = ", ".join(f"{s.path} ({s.format})" for s in sources if s.format != "preference")
+            raise ValueError(
+                f"train.method dpo trains on preference pairs, so every data source needs `format: preference`; "
+                f"these do not: {other}"
+            )
+        if self.train.method == "sft" and preference:
+            raise ValueError(
+                f"sources in the preference format ({', '.join(preference)}) need `train.method: dpo`; sft "
+                "trains on one answer per prompt"
+            )
+        if self.train.method == "dpo" and self.eval.generate:
+            raise ValueError("eval.generate (exact match) is for sft; dpo reports held-out preference accuracy")
         return self

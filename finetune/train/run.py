@@ -1,8 +1,10 @@
 """``mistral-ft train``: recipe → tokenizer + data → model + adapters → trainer → run folder.
 
 Each step is one call into a module named for what it does; this file only puts them in order and
-records what happened.  Held-out loss (and exact match, when asked) is measured before and after
-training on the same rows so the run shows what the fine-tune bought.
+records what happened.  ``train.method`` picks the data path and trainer: sft (responses, TRL's
+SFTTrainer) or dpo (preference pairs, TRL's DPOTrainer; see :mod:`finetune.train.dpo`).  Held-out
+figures are measured before and after training on the same rows so the run shows what the fine-tune
+bought: loss and exact match for sft, preference accuracy and log-prob margin for dpo.
 """
 
 from __future__ import annotations
@@ -16,14 +18,16 @@ from rich.console import Console
 from transformers import set_seed
 
 from finetune.data import prepare_data
+from finetune.data.preferences import prepare_preferences
 from finetune.errors import FinetuneError
-from finetune.model.adapters import attach_lora
+from finetune.model.adapters import POLICY, add_frozen_copy, adapter_dir, attach_lora, resume_lora
 from finetune.model.load import load_base_model, load_tokenizer
 from finetune.recipe.schema import Recipe
 from finetune.train import run_dir as runs
 from finetune.train.callbacks import MetricsLogger, RichProgress
 from finetune.train.evaluate import exact_match
 from finetune.train.plots import plot_losses
+from finetune.train.preference_eval import preference_score
 from finetune.train.sft import build_sft_trainer
 
 
@@ -40,20 +44,24 @@ def train(
     started = time.perf_counter()
     if output is not None:
         runs.check_output_free(output)  # fail before the slow steps, not after them
+    start_adapter = adapter_dir(recipe.model.adapter) if recipe.model.adapter else None
     with console.status("loading tokenizer"):
         tokenizer = load_tokenizer(recipe.model)
     with console.status("preparing data"):
-        data = prepare_data(recipe.data, tokenizer)
+        data = _prepare(recipe, tokenizer)
     console.print(data.report.summary())
 
     with console.status(f"loading {recipe.model.base} ({recipe.model.quantization})"):
         model = load_base_model(recipe.model)
     _pre_validate(recipe, model, tokenizer, console, skip_validate)
     with console.status("attaching LoRA adapters"):
-        set_seed(recipe.train.seed)  # adapter init depends on the recipe's seed alone
-        model = attach_lora(model, recipe.lora, recipe.train.gradient_checkpointing)
+        model = attach_adapters(recipe, model, start_adapter)
     trainable, total = model.get_nb_trainable_parameters()
-    console.print(f"model: {total / 1e6:.1f}M parameters, {trainable / 1e6:.2f}M trainable (LoRA r={recipe.lora.r})")
+    origin = f"from {start_adapter}" if start_adapter else "fresh"
+    console.print(
+        f"model: {total / 1e6:.1f}M parameters, {trainable / 1e6:.2f}M trainable "
+        f"(LoRA r={model.peft_config[POLICY].r}, {origin})"
+    )
 
     # The folder is made only once every input has loaded, so a typo never leaves an empty run behind.
     run_dir = runs.create_run_dir(recipe, output)
@@ -62,7 +70,7 @@ def train(
 
     use_cpu = not torch.cuda.is_available()
     callbacks = [MetricsLogger(run_dir / "metrics.jsonl"), RichProgress(console)]
-    trainer = build_sft_trainer(recipe, model, tokenizer, data, run_dir, callbacks, use_cpu)
+    trainer = _build_trainer(recipe, model, tokenizer, data, run_dir, callbacks, use_cpu)
 
     summary: dict = {"run_dir": str(run_dir), "base_model": recipe.model.base, "data": data.report.as_dict()}
     summary.update(_evaluate(recipe, trainer, tokenizer, data, "before", console))
@@ -73,13 +81,45 @@ def train(
     summary["steps"] = trainer.state.global_step
     summary.update(_evaluate(recipe, trainer, tokenizer, data, "after", console))
 
-    model.save_pretrained(run_dir / "adapter")
-    tokenizer.save_pretrained(run_dir / "tokenizer")
+    model.save_pretrained(run_dir / "adapter", selected_adapters=[POLICY])  # never DPO's frozen reference
+    runs.save_tokenizer(tokenizer, run_dir / "tokenizer")
     plot_losses(runs.read_metrics(run_dir), run_dir / "loss.png", f"{recipe.output.name}: loss")
     summary["wall_seconds"] = round(time.perf_counter() - started, 2)
     runs.write_summary(run_dir, summary)
     _print_summary(console, summary)
     return run_dir
+
+
+def _prepare(recipe: Recipe, tokenizer):
+    """Tokenized training data for the method: responses with loss masks (sft) or preference pairs (dpo)."""
+    if recipe.train.method == "dpo":
+        return prepare_preferences(recipe.data, recipe.dpo, tokenizer)
+    return prepare_data(recipe.data, tokenizer)
+
+
+def attach_adapters(recipe: Recipe, model, start_adapter):
+    """The policy adapter: fresh LoRA, or the trained one at ``start_adapter`` (trainable).
+
+    DPO from a trained adapter also loads it a second time, frozen, as the reference policy; from a
+    fresh adapter the reference is the base itself (adapter disabled), so no copy is needed.
+    """
+    checkpointing = recipe.train.gradient_checkpointing
+    if start_adapter is None:
+        set_seed(recipe.train.seed)  # adapter init depends on the recipe's seed alone
+        return attach_lora(model, recipe.lora, checkpointing)
+    model = resume_lora(model, start_adapter, checkpointing)
+    if recipe.train.method == "dpo":
+        add_frozen_copy(model, start_adapter)
+    return model
+
+
+def _build_trainer(recipe: Recipe, model, tokenizer, data, run_dir: Path, callbacks, use_cpu: bool):
+    """TRL's trainer for the method, over the prepared data."""
+    if recipe.train.method == "dpo":
+        from finetune.train.dpo import build_dpo_trainer
+
+        return build_dpo_trainer(recipe, model, tokenizer, data, run_dir, callbacks, use_cpu)
+    return build_sft_trainer(recipe, model, tokenizer, data, run_dir, callbacks, use_cpu)
 
 
 def _pre_validate(recipe: Recipe, model, tokenizer, console: Console, skip: bool) -> None:
@@ -106,6 +146,8 @@ def _pre_validate(recipe: Recipe, model, tokenizer, console: Console, skip: bool
 
 def _evaluate(recipe: Recipe, trainer, tokenizer, data, when: str, console: Console) -> dict:
     """Held-out loss and exact match, keyed ``eval_loss_<when>`` / ``exact_match_<when>``."""
+    if recipe.train.method == "dpo":
+        return _evaluate_preferences(recipe, trainer, tokenizer, data, when, console)
     out: dict = {}
     if data.eval is not None and recipe.eval.loss:
         with console.status(f"held-out loss ({when})"):
@@ -126,6 +168,28 @@ def _evaluate(recipe: Recipe, trainer, tokenizer, data, when: str, console: Cons
     return out
 
 
+def _evaluate_preferences(recipe: Recipe, trainer, tokenizer, data, when: str, console: Console) -> dict:
+    """Held-out DPO loss and TRL's reward accuracy / margin (against the reference), and preference
+    accuracy / log-prob margin of the policy alone; keys end in ``_<when>``."""
+    if data.eval is None:
+        return {}
+    out: dict = {}
+    if recipe.eval.loss:
+        with console.status(f"held-out DPO loss ({when})"):
+            metrics = trainer.evaluate()
+        out[f"eval_loss_{when}"] = metrics["eval_loss"]
+        out[f"eval_reward_accuracy_{when}"] = metrics["eval_rewards/accuracies"]
+        out[f"eval_reward_margin_{when}"] = metrics["eval_rewards/margins"]
+    with console.status(f"held-out preference accuracy ({when})"):
+        score = preference_score(trainer.model, data.eval, tokenizer.pad_token_id, recipe.eval.batch_size)
+    out[f"preference_accuracy_{when}"] = score.accuracy
+    out[f"logp_margin_{when}"] = score.margin
+    out[f"logp_chosen_{when}"] = score.chosen_logp
+    out[f"logp_rejected_{when}"] = score.rejected_logp
+    out["preference_pairs"] = score.n
+    return out
+
+
 def _print_summary(console: Console, s: dict) -> None:
     """The closing lines: held-out loss and exact match before → after, and the time taken."""
     console.print(f"[bold green]done[/] in {s['wall_seconds']:.0f} s (training {s['train_seconds']:.0f} s, {s['steps']} steps)")
@@ -135,5 +199,18 @@ def _print_summary(console: Console, s: dict) -> None:
         n = s["exact_match_after_n"]
         console.print(
             f"held-out exact match: {s['exact_match_before']:.1%} → {s['exact_match_after']:.1%} ({n} prompts)"
+        )
+    if "preference_accuracy_before" in s:
+        console.print(
+            f"held-out preference accuracy: {s['preference_accuracy_before']:.1%} → "
+            f"{s['preference_accuracy_after']:.1%} ({s['preference_pairs']} pairs)"
+        )
+        console.print(
+            f"held-out log-prob margin (chosen − rejected): {s['logp_margin_before']:+.2f} → {s['logp_margin_after']:+.2f}"
+        )
+    if "eval_reward_accuracy_after" in s:
+        console.print(
+            f"TRL eval rewards after training: accuracy {s['eval_reward_accuracy_after']:.1%}, "
+            f"margin {s['eval_reward_margin_after']:+.3f}"
         )
     console.print(f"adapter: {s['run_dir']}/adapter")

@@ -5,7 +5,7 @@ Layout::
     runs/<name>-<timestamp>/
       recipe.yaml              the resolved recipe (defaults filled in, overrides applied)
       adapter/                 adapter_model.safetensors + adapter_config.json (PeftModel.from_pretrained)
-      tokenizer/               the tokenizer the run used
+      tokenizer/               the tokenizer the run used, with its SentencePiece tokenizer.model
       metrics.jsonl            one line per log event (step, loss, eval_loss, lr, tokens_per_s)
       loss.png                 training and held-out loss curves
       checkpoints/             trainer checkpoints (optimizer, scheduler, RNG) for resuming
@@ -15,6 +15,7 @@ Layout::
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import datetime
 from pathlib import Path
 
@@ -74,3 +75,18 @@ def read_metrics(run_dir: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def save_tokenizer(tokenizer, folder: Path) -> None:
+    """Save the tokenizer, with the SentencePiece ``tokenizer.model`` it was loaded from.
+
+    transformers saves only the fast tokenizer's files; prompt segments are token-exact with
+    mistral-common only when encoded with the SentencePiece model (:mod:`finetune.data.text_encoder`),
+    so generate / chat / merge on the run folder need that file too.
+    """
+    from finetune.data.text_encoder import sentencepiece_file
+
+    tokenizer.save_pretrained(folder)
+    source = sentencepiece_file(tokenizer)
+    if source is not None and not (folder / "tokenizer.model").exists():
+        shutil.copyfile(source, folder / "tokenizer.model")

@@ -50,7 +50,7 @@ def test_mixtral_recipe_adapts_attention_and_leaves_router_alone():
 
 
 @pytest.mark.parametrize("name", ["mistral-7b-qlora-instruct-v3.yaml", "mistral-7b-instruct-v0.3-qlora-chat.yaml",
-                                  "mixtral-8x7b-qlora.yaml", "quickstart.yaml"])
+                                  "mixtral-8x7b-qlora.yaml", "quickstart.yaml", "quickstart-dpo.yaml"])
 def test_recipe_check_resolves(name):
     result = run_cli("recipe", "check", f"recipes/{name}", "--set", "train.max_steps=200")
     assert result.returncode == 0, result.stderr

@@ -27,7 +27,7 @@ def test_quickstart_learns_the_held_out_tasks(quickstart_run):
 def test_run_folder_is_self_describing(quickstart_run, tiny_mistral):
     run, _ = quickstart_run
     for name in ("recipe.yaml", "adapter/adapter_model.safetensors", "adapter/adapter_config.json",
-                 "tokenizer/tokenizer.json", "metrics.jsonl", "loss.png", "summary.json"):
+                 "tokenizer/tokenizer.json", "tokenizer/tokenizer.model", "metrics.jsonl", "loss.png", "summary.json"):
         assert (run / name).is_file(), name
     assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -35,6 +35,11 @@ def test_run_folder_is_self_describing(quickstart_run, tiny_mistral):
     assert any("eval_loss" in r for r in rows)
     steps = [r["step"] for r in rows if "loss" in r]
     assert steps == sorted(steps) and len(steps) >= 5
+    from transformers import AutoTokenizer
+
+    from finetune.data.text_encoder import text_encoder
+
+    assert text_encoder(AutoTokenizer.from_pretrained(run / "tokenizer")).exact  # token-exact prompts from the run
     resolved = load_recipe(run / "recipe.yaml")  # the saved recipe is itself a valid recipe
     assert resolved.model.base == str(tiny_mistral)
 

@@ -98,7 +98,7 @@ def rename_columns(
 
 
 def _modules() -> dict[str, ModuleType]:
-    from finetune.data.formats import alpaca, instruct_v3, messages, prompt_completion, text
+    from finetune.data.formats import alpaca, instruct_v3, messages, preference, prompt_completion, text
 
     return {
         "instruct-v3": instruct_v3,
@@ -106,6 +106,7 @@ def _modules() -> dict[str, ModuleType]:
         "messages": messages,
         "prompt-completion": prompt_completion,
         "text": text,
+        "preference": preference,
     }
 
 

@@ -22,24 +22,24 @@ REQUIRED = ("messages",)
 _SHAPE = 'each message must be an object like {"role": "user", "content": "..."}'
 
 
-def _message(index: int, item: Any) -> dict[str, str]:
-    """One validated message; the error names ``messages[index]``."""
-    where = f"messages[{index}]"
+def parse_message(index: int, item: Any, column: str = "messages") -> dict[str, str]:
+    """One validated message of the list in ``column``; the error names ``column[index]``."""
+    where = f"{column}[{index}]"
     if not isinstance(item, Mapping):
-        raise RowError("messages", f"{where} is {describe(item)}; {_SHAPE}")
+        raise RowError(column, f"{where} is {describe(item)}; {_SHAPE}")
     if "role" not in item or "content" not in item:
         keys = ", ".join(map(str, item)) or "none"
         hint = " (ShareGPT-style from/value data must be converted to role/content)" if "from" in item else ""
-        raise RowError("messages", f"{where} has keys {keys}; {_SHAPE}{hint}")
+        raise RowError(column, f"{where} has keys {keys}; {_SHAPE}{hint}")
     role, content = item["role"], item["content"]
     if role not in ROLES:
-        raise RowError("messages", f"{where} has role {role!r}; roles must be one of {', '.join(ROLES)}")
+        raise RowError(column, f"{where} has role {role!r}; roles must be one of {', '.join(ROLES)}")
     if content is None:
-        raise RowError("messages", f"{where} ({role}) has null content")
+        raise RowError(column, f"{where} ({role}) has null content")
     if not isinstance(content, str):
-        raise RowError("messages", f"{where} ({role}) content must be text, got {describe(content)}")
+        raise RowError(column, f"{where} ({role}) content must be text, got {describe(content)}")
     if not content.strip():
-        raise RowError("messages", f"{where} ({role}) content is empty" + (" (whitespace only)" if content else ""))
+        raise RowError(column, f"{where} ({role}) content is empty" + (" (whitespace only)" if content else ""))
     return {"role": role, "content": content}
 
 
@@ -62,7 +62,7 @@ def parse(row: Mapping[str, Any]) -> Conversation:
         raise RowError("messages", "the value is null")
     if isinstance(items, (str, bytes)) or not hasattr(items, "__iter__"):
         raise RowError("messages", f"expected a list of messages, got {describe(items)}")
-    messages = [_message(i, item) for i, item in enumerate(items)]
+    messages = [parse_message(i, item) for i, item in enumerate(items)]
     problem = order_problem(messages, ends_with="assistant")
     if problem:
         raise RowError("messages", problem)

@@ -1,0 +1,1 @@
+"""After training: use a run (generate, chat), fold its adapter into the base (merge), publish it."""
