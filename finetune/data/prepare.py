@@ -20,6 +20,7 @@ import random
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from finetune.data.conversation import PreferencePair
 from finetune.data.examples import Item, load_examples
 from finetune.data.report import NOTHING_TRAINED, OVERLONG, DataReport
 from finetune.data.template import Encoded, Template, encode_text_example, select_template
@@ -123,6 +124,11 @@ class _Encoder:
         """Ids and mask of one example (a plain text is BOS + text + EOS, all trained)."""
         if isinstance(item.example, str):
             return encode_text_example(item.example, self.encode_text, self.bos_id, self.eos_id)
+        if isinstance(item.example, PreferencePair):
+            raise FinetuneError(
+                f"{item.report.key} is in the preference format, which trains with `train.method: dpo` "
+                "(finetune.data.preferences), not on single responses."
+            )
         try:
             return self.template.encode(item.example, self.data.train_on)
         except FinetuneError as err:

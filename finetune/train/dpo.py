@@ -34,6 +34,8 @@ from trl import DPOConfig, DPOTrainer  # noqa: E402
 class LeanDPOTrainer(DPOTrainer):
     """DPOTrainer over pre-tokenized pairs; counts the tokens it reads for throughput."""
 
+    _tokens_seen = 0
+
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         """Rows already hold prompt/chosen/rejected ids from the project's template: keep them."""
         return dataset
@@ -42,12 +44,12 @@ class LeanDPOTrainer(DPOTrainer):
         if self.model.training:
             prompt = int(inputs["prompt_attention_mask"].sum())
             answers = int(inputs["chosen_attention_mask"].sum() + inputs["rejected_attention_mask"].sum())
-            self._tokens_seen = getattr(self, "_tokens_seen", 0) + 2 * prompt + answers
+            self._tokens_seen += 2 * prompt + answers
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
-            logs["num_tokens"] = getattr(self, "_tokens_seen", 0)
+            logs["num_tokens"] = self._tokens_seen
         super().log(logs, start_time)
 
 

@@ -135,3 +135,12 @@ def test_truncate_always_leaves_room_for_an_answer(tok_v1, write_jsonl, data_con
     prepared = _prepare(write_jsonl, data_config, tok_v1, [LONG], max_length=30, overlong="truncate")
     row = prepared.train[0]
     assert len(row["prompt_input_ids"]) == 29 and len(row["chosen_input_ids"]) == 1
+
+
+def test_sft_data_path_refuses_pairs_with_a_clear_error(tok_v1, write_jsonl, data_config):
+    """prepare_data (SFT) on preference sources: a FinetuneError, which callers such as merge handle."""
+    from finetune.data import prepare_data
+
+    config = data_config(write_jsonl("pairs.jsonl", ROWS), "preference", data={"template": "mistral"})
+    with pytest.raises(FinetuneError, match="train.method: dpo"):
+        prepare_data(config, tok_v1)

@@ -111,6 +111,7 @@ def test_cli_bad_pair_exits_2_naming_file_line_and_column(tmp_path, tiny_mistral
 
 def test_cli_dpo_needs_preference_sources_and_sft_refuses_them(tmp_path):
     rows = [{"prompt": "q", "completion": "a"}]
-    _assert_clean_error(run_cli("train", _dpo_recipe(tmp_path, rows, fmt="prompt-completion")),
+    _assert_clean_error(run_cli("recipe", "check", _dpo_recipe(tmp_path, rows, fmt="prompt-completion")),
                         "every data source needs `format: preference`")
-    _assert_clean_error(run_cli("train", _dpo_recipe(tmp_path, rows, method="sft")), "need `train.method: dpo`")
+    _assert_clean_error(run_cli("recipe", "check", _dpo_recipe(tmp_path, rows, method="sft")),
+                        "need `train.method: dpo`")

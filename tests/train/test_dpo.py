@@ -136,14 +136,19 @@ def test_cli_bad_adapter_path_exits_2(tmp_path):
     assert "Traceback" not in result.stderr
     text = " ".join(result.stderr.split())
     assert "model.adapter" in text and "no such folder" in text and "adapter_config.json" in text
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    result = run_cli("train", str(RECIPE), "--set", f"model.adapter={empty}")
-    assert result.returncode == 2 and "neither a run folder" in " ".join(result.stderr.split())
+
+
+def test_adapter_folder_without_adapter_is_refused(tmp_path):
+    with pytest.raises(FinetuneError, match="neither a run folder"):
+        adapter_dir(tmp_path)
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
+    with pytest.raises(FinetuneError, match="no adapter_model.safetensors"):
+        adapter_dir(tmp_path)
 
 
 _MEMORY_SCRIPT = textwrap.dedent("""
-    import json, os, resource, sys
+    import json, sys
     from pathlib import Path
     mode, recipe_path, model_dir, out = sys.argv[1:4] + [Path(sys.argv[4])]
     from finetune.data.preferences import prepare_preferences
@@ -159,8 +164,10 @@ _MEMORY_SCRIPT = textwrap.dedent("""
     ])
     tokenizer = load_tokenizer(recipe.model)
     data = prepare_preferences(recipe.data, recipe.dpo, tokenizer)
-    page = os.sysconf("SC_PAGE_SIZE")
-    baseline = int(open("/proc/self/statm").read().split()[1]) * page  # everything imported, no model yet
+    def status_bytes(key):  # this process image's own figures (ru_maxrss can carry the parent's over exec)
+        line = next(l for l in open("/proc/self/status") if l.startswith(key + ":"))
+        return int(line.split()[1]) * 1024
+    baseline = status_bytes("VmRSS")  # everything imported, no model yet
     model = attach_lora(load_base_model(recipe.model), recipe.lora, False)
     if mode == "lora":  # the real path: reference = the same base with the adapter disabled
         trainer = dpo.build_dpo_trainer(recipe, model, tokenizer, data, out, [], True)
@@ -170,7 +177,7 @@ _MEMORY_SCRIPT = textwrap.dedent("""
                                      args=dpo.dpo_arguments(recipe, out, True, None), train_dataset=data.train,
                                      processing_class=tokenizer)
     trainer.train()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = status_bytes("VmHWM")  # peak resident set size
     print(json.dumps({"baseline": baseline, "peak": peak, "steps": trainer.state.global_step}))
 """)
 
@@ -178,9 +185,9 @@ _MEMORY_SCRIPT = textwrap.dedent("""
 def test_lora_reference_needs_one_copy_of_the_base_not_two(tmp_path_factory):
     """Peak RSS above the imports, each in a fresh process: reference = disabled adapter vs a second model.
 
-    Weights load lazily (safetensors memory-mapped), so a copy costs what its forward pass reads: every
-    layer and the output head, but only the used rows of the 32000-row embedding. One malloc arena and
-    large blocks returned to the OS when freed make RSS follow live memory (repeat runs agree within ~5 MiB).
+    Weights are memory-mapped and load lazily, so a copy adds what gets read; the bound is the model
+    without its embedding table (a forward reads few of its rows). One malloc arena and large blocks
+    returned to the OS when freed keep RSS close to live memory, so repeated runs give the same figures.
     """
     from finetune.model.tiny import build_tiny_model
 
