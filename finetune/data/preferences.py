@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from finetune.data.conversation import PreferencePair
 from finetune.data.examples import Item
-from finetune.data.prepare import hold_out, load_items
+from finetune.data.prepare import split_items
 from finetune.data.report import NOTHING_TRAINED, OVERLONG, DataReport
 from finetune.data.template import Template, select_template
 from finetune.data.text_encoder import text_encoder
@@ -97,13 +97,7 @@ def prepare_preferences(data: DataConfig, dpo: DpoConfig, tokenizer) -> Preferen
     template = select_template(tokenizer, data.template, encode_text)
     report = PreferenceReport(template.name, encode_text.kind, data.max_length, data.overlong)
 
-    train_items = load_items(data.sources, "data.sources", data.seed, report)
-    if data.validation_sources:
-        eval_items = load_items(data.validation_sources, "data.validation_sources", data.seed, report)
-        report.eval_origin = "validation_sources"
-    else:
-        train_items, eval_items = hold_out(train_items, data.validation_ratio)
-        report.eval_origin = f"validation_ratio {data.validation_ratio:g} of the training pairs"
+    train_items, eval_items = split_items(data, report, "pairs")
 
     fitter = PairFitter(data, dpo)
     train = fitter.encode_all(template, train_items)

@@ -59,15 +59,9 @@ def prepare_data(data: DataConfig, tokenizer) -> PreparedData:
     template = select_template(tokenizer, data.template, encode_text)
     report = DataReport(template.name, encode_text.kind, data.max_length, data.overlong)
 
-    train_items = load_items(data.sources, "data.sources", data.seed, report)
-    if data.validation_sources:
-        eval_items = load_items(data.validation_sources, "data.validation_sources", data.seed, report)
-        report.eval_origin = "validation_sources"
-    else:
-        train_items, eval_items = hold_out(train_items, data.validation_ratio)
-        report.eval_origin = f"validation_ratio {data.validation_ratio:g} of the training rows"
-        if data.validation_ratio > 0 and not eval_items:
-            report.notes.append("validation_ratio > 0 but a single training row: nothing held out")
+    train_items, eval_items = split_items(data, report, "rows")
+    if not data.validation_sources and data.validation_ratio > 0 and not eval_items:
+        report.notes.append("validation_ratio > 0 but a single training row: nothing held out")
 
     encoder = _Encoder(template, encode_text, tokenizer, data)
     train = encoder.encode_all(train_items)
@@ -99,6 +93,17 @@ def load_items(sources, key: str, seed: int, report: DataReport) -> list[Item]:
         items.extend(loaded)
     random.Random(seed).shuffle(items)
     return items
+
+
+def split_items(data: DataConfig, report: DataReport, unit: str) -> tuple[list[Item], list[Item]]:
+    """(train, held out) items of ``data``: ``validation_sources`` when given, else a
+    ``validation_ratio`` slice of the shuffled training items; the origin is recorded in ``report``."""
+    train_items = load_items(data.sources, "data.sources", data.seed, report)
+    if data.validation_sources:
+        report.eval_origin = "validation_sources"
+        return train_items, load_items(data.validation_sources, "data.validation_sources", data.seed, report)
+    report.eval_origin = f"validation_ratio {data.validation_ratio:g} of the training {unit}"
+    return hold_out(train_items, data.validation_ratio)
 
 
 def hold_out(items: list, ratio: float) -> tuple[list, list]:
