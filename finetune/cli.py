@@ -13,7 +13,7 @@ import warnings
 
 from rich.console import Console
 
-from finetune.errors import FinetuneError
+from finetune.errors import FinetuneError, Interrupted
 
 EXAMPLES = """examples:
   mistral-ft train recipes/quickstart.yaml
@@ -59,6 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--skip-validate", action="store_true",
         help="train even when the pre-training checks (config, [INST] template, attention parity) fail",
+    )
+    train.add_argument(
+        "--resume", nargs="?", const="latest", metavar="CHECKPOINT",
+        help="continue a run from a checkpoint (optimizer, scheduler, RNG and data position restored): a "
+        "checkpoints/checkpoint-N folder, a run folder, or `latest` (the default) = the newest good checkpoint "
+        "of the run in --output, or of the newest run of this recipe",
+    )
+    train.add_argument(
+        "--nproc", type=int, default=1, metavar="N",
+        help="train with N processes (one per GPU; gloo on a CPU machine) through `accelerate launch`",
+    )
+    train.add_argument(
+        "--accelerate-config", metavar="YAML",
+        help="with --nproc: an accelerate config such as configs/accelerate/fsdp.yaml (default: plain DDP)",
     )
 
     recipe = commands.add_parser("recipe", help="inspect recipes: the schema, or a resolved recipe")
@@ -205,12 +219,19 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``mistral-ft`` and ``python -m finetune``."""
     args = build_parser().parse_args(argv)
     console = Console(stderr=True)
+    secondary = int(os.environ.get("RANK", "0")) > 0  # a non-main process of `accelerate launch`
     if args.command not in ("recipe", "push"):  # these never import the ML stack: keep them instant
         _quiet_libraries()
     try:
         return _dispatch(args, console)
+    except Interrupted as exc:
+        if not secondary:
+            console.print(f"[yellow]{exc.render()}[/]", highlight=False, soft_wrap=True)
+        return 130
     except FinetuneError as exc:
-        console.print(f"[bold red]error:[/] {exc.render()}", highlight=False, soft_wrap=True)
+        if not (secondary and getattr(exc, "raised_everywhere", False)):  # the main process says it once
+            prefix = f"process {os.environ['RANK']}: " if secondary else ""
+            console.print(f"[bold red]error:[/] {prefix}{exc.render()}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
@@ -225,8 +246,12 @@ def _dispatch(args, console: Console) -> int:
         from finetune.recipe.load import load_recipe
         from finetune.train.run import train
 
-        recipe = load_recipe(args.recipe, args.overrides)
-        train(recipe, output=args.output, console=console, skip_validate=args.skip_validate)
+        recipe = load_recipe(args.recipe, args.overrides)  # a bad recipe fails here, before any launch
+        if args.nproc > 1:
+            from finetune.train.launch import launch
+
+            return launch(args.nproc, _train_args(args), args.accelerate_config, console)
+        train(recipe, output=args.output, console=console, skip_validate=args.skip_validate, resume=args.resume)
         return 0
     if args.command == "recipe":
         from finetune.recipe.describe import describe_schema, dump_recipe
@@ -278,6 +303,20 @@ def _dispatch(args, console: Console) -> int:
         console.print(f"wrote {out}")
         return 0
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _train_args(args) -> list[str]:
+    """The ``train`` arguments again, without --nproc, for each launched process."""
+    out = [args.recipe]
+    for override in args.overrides or []:
+        out += ["--set", override]
+    if args.output:
+        out += ["--output", args.output]
+    if args.resume:
+        out += ["--resume", args.resume]
+    if args.skip_validate:
+        out.append("--skip-validate")
+    return out
 
 
 def _quiet_libraries() -> None:

@@ -20,3 +20,7 @@ class FinetuneError(Exception):
     def render(self) -> str:
         """The paragraph printed to the user: what is wrong, then what to do."""
         return f"{self.message} {self.hint}" if self.hint else self.message
+
+
+class Interrupted(FinetuneError):
+    """Training stopped on Ctrl-C / SIGTERM after writing a checkpoint; the run can be resumed (exit 130)."""

@@ -1,14 +1,17 @@
-"""Trainer callbacks: ``metrics.jsonl`` in the run folder and a rich progress bar in the terminal."""
+"""Trainer callbacks: ``metrics.jsonl`` in the run folder, a rich progress bar, and a checkpoint on Ctrl-C."""
 
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import TrainerCallback
+
+from finetune.train import distributed
 
 _KEYS = {"loss": "loss", "eval_loss": "eval_loss", "learning_rate": "lr", "grad_norm": "grad_norm", "epoch": "epoch"}
 
@@ -73,3 +76,44 @@ class RichProgress(TrainerCallback):
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+class SaveOnInterrupt(TrainerCallback):
+    """Ctrl-C (SIGINT) or SIGTERM: finish the current step, write a checkpoint, stop; a second signal stops at once.
+
+    Under several processes the request is shared at each step end (any process interrupted stops
+    them all at the same step), so every rank takes part in the same checkpoint.
+    """
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.requested = False
+        self.stopped_at: int | None = None
+        self._previous: dict = {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._request)
+
+    def _request(self, signum, frame):
+        if self.requested:  # the second time: stop now, without a checkpoint
+            self._restore()
+            raise KeyboardInterrupt
+        self.requested = True
+        self.console.print(
+            "\n[yellow]interrupted: saving a checkpoint after this step (press Ctrl-C again to stop at once)[/]"
+        )
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if distributed.any_process(self.requested):
+            self.stopped_at = state.global_step
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._restore()
+
+    def _restore(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}

@@ -24,15 +24,16 @@ from transformers import PrinterCallback, TrainingArguments
 
 from finetune.model.adapters import POLICY, REFERENCE
 from finetune.recipe.schema import Recipe
-from finetune.train.sft import sft_arguments
+from finetune.train.checkpoints import AtomicCheckpoints
+from finetune.train.sft import count_tokens, sft_arguments
 from finetune.train.trl_compat import fix_optional_dependency_flags, give_warnings_issued
 
 fix_optional_dependency_flags()  # before TRL's DPO modules load: see trl_compat
 from trl import DPOConfig, DPOTrainer  # noqa: E402
 
 
-class LeanDPOTrainer(DPOTrainer):
-    """DPOTrainer over pre-tokenized pairs; counts the tokens it reads for throughput."""
+class LeanDPOTrainer(AtomicCheckpoints, DPOTrainer):
+    """DPOTrainer over pre-tokenized pairs, counting the tokens it reads, with atomic checkpoints."""
 
     _tokens_seen = 0
 
@@ -42,8 +43,10 @@ class LeanDPOTrainer(DPOTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.model.training:
-            prompt = int(inputs["prompt_attention_mask"].sum())
-            answers = int(inputs["chosen_attention_mask"].sum() + inputs["rejected_attention_mask"].sum())
+            prompt = count_tokens(self.accelerator, inputs["prompt_attention_mask"])
+            answers = count_tokens(self.accelerator, inputs["chosen_attention_mask"]) + count_tokens(
+                self.accelerator, inputs["rejected_attention_mask"]
+            )
             self._tokens_seen += 2 * prompt + answers
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 

@@ -19,36 +19,49 @@ from transformers import set_seed
 
 from finetune.data import prepare_data
 from finetune.data.preferences import prepare_preferences
-from finetune.errors import FinetuneError
+from finetune.errors import FinetuneError, Interrupted
 from finetune.model.adapters import POLICY, add_frozen_copy, adapter_dir, attach_lora, resume_lora
 from finetune.model.load import load_base_model, load_tokenizer
 from finetune.recipe.schema import Recipe
+from finetune.train import distributed
 from finetune.train import run_dir as runs
-from finetune.train.callbacks import MetricsLogger, RichProgress
+from finetune.train.callbacks import MetricsLogger, RichProgress, SaveOnInterrupt
+from finetune.train.checkpoints import step_of
 from finetune.train.evaluate import exact_match
 from finetune.train.plots import plot_losses
 from finetune.train.preference_eval import preference_score
+from finetune.train.resume import ResumePoint, find_resume_point
 from finetune.train.sft import build_sft_trainer
 
 
 def train(
-    recipe: Recipe, output: str | None = None, console: Console | None = None, skip_validate: bool = False
+    recipe: Recipe,
+    output: str | None = None,
+    console: Console | None = None,
+    skip_validate: bool = False,
+    resume: str | None = None,
 ) -> Path:
     """Run the recipe end to end and return the run folder.
 
     Before any training step the fast subset of ``mistral-ft validate`` (config invariants, the
     [INST] template against mistral-common, a short parity check) runs on the loaded model; a failure
-    stops the run unless ``skip_validate``.
+    stops the run unless ``skip_validate``.  ``resume`` (``latest``, a run folder or a checkpoint)
+    continues an earlier run in its own folder, see :mod:`finetune.train.resume`.  Under
+    ``accelerate launch`` every process runs this function; the main one prepares the data and
+    writes the folder (:mod:`finetune.train.distributed`).
     """
+    if not distributed.is_main():
+        console = Console(stderr=True, quiet=True)  # one voice: the main process
     console = console or Console(stderr=True)
     started = time.perf_counter()
-    if output is not None:
-        runs.check_output_free(output)  # fail before the slow steps, not after them
+    point = distributed.main_computes(lambda: _resume_point(recipe, output, resume))
+    for line in point.describe() if point else []:
+        console.print(line, soft_wrap=True)  # paths stay whole
     start_adapter = adapter_dir(recipe.model.adapter) if recipe.model.adapter else None
     with console.status("loading tokenizer"):
         tokenizer = load_tokenizer(recipe.model)
     with console.status("preparing data"):
-        data = _prepare(recipe, tokenizer)
+        data = distributed.main_computes(lambda: _prepare(recipe, tokenizer))
     console.print(data.report.summary())
 
     with console.status(f"loading {recipe.model.base} ({recipe.model.quantization})"):
@@ -62,32 +75,97 @@ def train(
         f"model: {total / 1e6:.1f}M parameters, {trainable / 1e6:.2f}M trainable "
         f"(LoRA r={model.peft_config[POLICY].r}, {origin})"
     )
+    batch = distributed.effective_batch(recipe.train.micro_batch_size, recipe.train.gradient_accumulation_steps)
+    console.print(
+        f"batch: {batch['micro_batch_size']} rows × {batch['gradient_accumulation_steps']} accumulation × "
+        f"{batch['processes']} process(es) = {batch['effective_batch_size']} rows per optimiser step"
+    )
 
     # The folder is made only once every input has loaded, so a typo never leaves an empty run behind.
-    run_dir = runs.create_run_dir(recipe, output)
-    runs.write_recipe(run_dir, recipe)
+    run_dir = distributed.main_computes(lambda: _open_run_dir(recipe, output, point))
     console.print(f"[bold]run folder[/] {run_dir}")
 
     use_cpu = not torch.cuda.is_available()
-    callbacks = [MetricsLogger(run_dir / "metrics.jsonl"), RichProgress(console)]
+    interrupt = SaveOnInterrupt(console)
+    callbacks = [MetricsLogger(run_dir / "metrics.jsonl"), RichProgress(console), interrupt]
     trainer = _build_trainer(recipe, model, tokenizer, data, run_dir, callbacks, use_cpu)
+    if warning := distributed.unmet_request(trainer.accelerator):
+        console.print(f"[yellow]warning: {warning}[/]")
 
-    summary: dict = {"run_dir": str(run_dir), "base_model": recipe.model.base, "data": data.report.as_dict()}
-    summary.update(_evaluate(recipe, trainer, tokenizer, data, "before", console))
+    summary = runs.read_summary(run_dir) if point else {}
+    summary.update(run_dir=str(run_dir), base_model=recipe.model.base, data=data.report.as_dict(), **batch,
+                   parallelism=distributed.parallelism(trainer.accelerator))
+    if "eval_loss_before" not in summary and "preference_accuracy_before" not in summary:
+        summary.update(_evaluate(recipe, trainer, tokenizer, data, "before", console))
+    summary["status"] = "training"
+    if distributed.is_main():
+        runs.write_summary(run_dir, summary)  # the figures before training survive an interruption
+
     train_start = time.perf_counter()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=str(point.checkpoint) if point else None)
     summary["train_seconds"] = round(time.perf_counter() - train_start, 2)
-    summary["train_loss"] = result.training_loss
     summary["steps"] = trainer.state.global_step
+    if interrupt.stopped_at is not None:
+        return _stopped(recipe, run_dir, summary, interrupt.stopped_at, console)
+    summary["train_loss"] = result.training_loss
     summary.update(_evaluate(recipe, trainer, tokenizer, data, "after", console))
 
-    model.save_pretrained(run_dir / "adapter", selected_adapters=[POLICY])  # never DPO's frozen reference
-    runs.save_tokenizer(tokenizer, run_dir / "tokenizer")
-    plot_losses(runs.read_metrics(run_dir), run_dir / "loss.png", f"{recipe.output.name}: loss")
+    save_adapter(trainer, run_dir / "adapter")
     summary["wall_seconds"] = round(time.perf_counter() - started, 2)
-    runs.write_summary(run_dir, summary)
+    summary["status"] = "done"
+    if distributed.is_main():
+        runs.save_tokenizer(tokenizer, run_dir / "tokenizer")
+        plot_losses(runs.read_metrics(run_dir), run_dir / "loss.png", f"{recipe.output.name}: loss")
+        runs.write_summary(run_dir, summary)
     _print_summary(console, summary)
     return run_dir
+
+
+def _resume_point(recipe: Recipe, output: str | None, resume: str | None) -> ResumePoint | None:
+    """The checkpoint to continue from, or None for a new run (whose ``--output`` must then be free)."""
+    if resume is None:
+        if output is not None:
+            runs.check_output_free(output)  # fail before the slow steps, not after them
+        return None
+    return find_resume_point(resume, recipe, output)
+
+
+def _open_run_dir(recipe: Recipe, output: str | None, point: ResumePoint | None) -> Path:
+    """A new run folder with the resolved recipe, or the resumed run's, its metrics cut back to the checkpoint."""
+    if point is not None:
+        runs.keep_metrics_until(point.run_dir, step_of(point.checkpoint))
+        runs.write_recipe(point.run_dir, recipe)
+        return point.run_dir
+    run_dir = runs.create_run_dir(recipe, output)
+    runs.write_recipe(run_dir, recipe)
+    return run_dir
+
+
+def _stopped(recipe: Recipe, run_dir: Path, summary: dict, step: int, console: Console) -> Path:
+    """Record an interrupted run and raise :class:`Interrupted` naming the command that resumes it."""
+    summary["status"] = f"interrupted at step {step}"
+    if distributed.is_main():
+        runs.write_summary(run_dir, summary)
+        plot_losses(runs.read_metrics(run_dir), run_dir / "loss.png", f"{recipe.output.name}: loss")
+    raise distributed.raised_everywhere(Interrupted(
+        f"Training stopped at step {step}; checkpoint {run_dir}/checkpoints/checkpoint-{step} was written.",
+        hint=f"Continue with `mistral-ft train <recipe> --resume latest --output {run_dir}`.",
+    ))
+
+
+def save_adapter(trainer, folder: Path) -> None:
+    """Write the trained policy adapter once, whole, from the main process.
+
+    Under FSDP or DeepSpeed ZeRO-3 each process holds a shard of the weights: every process takes
+    part in gathering the full state dict, then only the main one writes it (never DPO's frozen
+    reference adapter).
+    """
+    sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+    state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped) if sharded else None
+    if distributed.is_main():
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        model.save_pretrained(folder, selected_adapters=[POLICY], state_dict=state_dict)
+    distributed.barrier()
 
 
 def _prepare(recipe: Recipe, tokenizer):

@@ -90,3 +90,15 @@ def save_tokenizer(tokenizer, folder: Path) -> None:
     source = sentencepiece_file(tokenizer)
     if source is not None and not (folder / "tokenizer.model").exists():
         shutil.copyfile(source, folder / "tokenizer.model")
+
+
+def read_summary(run_dir: Path) -> dict:
+    """``summary.json`` of a run (empty when it has none yet)."""
+    path = run_dir / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def keep_metrics_until(run_dir: Path, step: int) -> None:
+    """Drop ``metrics.jsonl`` rows logged after ``step``: a resumed run logs those steps again."""
+    rows = [row for row in read_metrics(run_dir) if row.get("step", 0) <= step]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))

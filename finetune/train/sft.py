@@ -17,17 +17,26 @@ from trl import SFTConfig, SFTTrainer
 
 from finetune.model.load import compute_dtype
 from finetune.recipe.schema import Recipe
+from finetune.train.checkpoints import AtomicCheckpoints
 
 
-class LeanSFTTrainer(SFTTrainer):
-    """SFTTrainer without per-step full-vocabulary metrics; counts tokens and trained tokens."""
+class LeanSFTTrainer(AtomicCheckpoints, SFTTrainer):
+    """SFTTrainer without per-step full-vocabulary metrics, counting tokens, with atomic checkpoints."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.model.training:
-            self._total_train_tokens += int(inputs["attention_mask"].sum())
+            self._total_train_tokens += count_tokens(self.accelerator, inputs["attention_mask"])
             self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
         inputs["use_cache"] = False
         return super(SFTTrainer, self).compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+def count_tokens(accelerator, attention_mask) -> int:
+    """Real (non-padding) tokens in this step's micro-batches, summed over every process."""
+    tokens = attention_mask.sum().reshape(1)
+    if accelerator.num_processes > 1:
+        tokens = accelerator.gather(tokens).sum()
+    return int(tokens)
 
 
 def sft_arguments(recipe: Recipe, run_dir: Path, use_cpu: bool) -> SFTConfig:
@@ -63,6 +72,7 @@ def sft_arguments(recipe: Recipe, run_dir: Path, use_cpu: bool) -> SFTConfig:
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # every trainable (LoRA) weight takes part in each step
         completion_only_loss=True,
         max_length=None,  # rows are already cut to data.max_length, with the policy the recipe chose
         dataset_kwargs={"skip_prepare_dataset": True},
