@@ -19,6 +19,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 MANIFEST = "checkpoint.json"
 STAGING = ".staging"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -101,7 +103,8 @@ def _sha256(path: Path) -> str:
 
 
 class AtomicCheckpoints:
-    """Trainer mixin: each checkpoint is staged, then published whole by one rename (see module doc).
+    """Trainer mixin: each checkpoint is staged, then published whole by one rename (see module doc),
+    and loaded back on CPU when several processes resume.
 
     Put it before the trainer class: ``class T(AtomicCheckpoints, SFTTrainer)``.
     """
@@ -135,6 +138,17 @@ class AtomicCheckpoints:
                 staged.parent.rmdir()
             self._keep_newest(root)
         self.accelerator.wait_for_everyone()
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        """transformers 5.6 maps the optimizer state to ``args.device`` when several processes run; on
+        CPU that is ``cpu:0``, a location torch.load cannot restore, so a multi-process CPU resume would
+        crash.  That one case loads onto "cpu"; everything else is transformers' own code."""
+        several_on_cpu = self.args.world_size > 1 and self.args.device.type == "cpu"
+        if checkpoint is None or not several_on_cpu or self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        folder = Path(checkpoint)
+        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
+        self.lr_scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
 
     def _keep_newest(self, root: Path) -> None:
         """Honour ``save_total_limit``: delete the oldest published checkpoints beyond it."""

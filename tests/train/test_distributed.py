@@ -5,6 +5,7 @@ batch recorded, data prepared once."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -21,7 +22,7 @@ def two_runs(tiny_mistral, tmp_path_factory):
     folder = tmp_path_factory.mktemp("ddp")
     recipe = str(short_recipe(folder, tiny_mistral, max_steps=10))
     two = run_cli("train", recipe, "--nproc", "2", "--accelerate-config", "configs/accelerate/ddp.yaml",
-                  "--set", "train.micro_batch_size=4", "--skip-validate")
+                  "--set", "train.micro_batch_size=4", "--set", "train.save_steps=5", "--skip-validate")
     assert two.returncode == 0, two.stderr[-3000:]
     one = run_cli("train", recipe, "--set", "train.micro_batch_size=8", "--output", str(folder / "one"),
                   "--skip-validate")
@@ -76,6 +77,23 @@ def test_fsdp_config_on_a_cpu_machine_says_it_runs_ddp(fsdp_run, two_runs):
     assert json.loads((out / "summary.json").read_text())["parallelism"] == "MULTI_CPU"
     _, run1, _ = two_runs
     assert max_difference(adapter_tensors(out), adapter_tensors(run1)) <= 1e-5
+
+
+def test_two_processes_resume_from_a_checkpoint_to_the_same_adapter(two_runs, tmp_path):
+    """Each process restores its own RNG state; the optimizer state loads on CPU (transformers would map
+    it to "cpu:0" and fail)."""
+    run2, _, _ = two_runs
+    run = tmp_path / "run"
+    shutil.copytree(run2, run)
+    shutil.rmtree(run / "adapter")
+    shutil.rmtree(run / "checkpoints" / "checkpoint-10")
+    assert sorted(p.name for p in (run / "checkpoints" / "checkpoint-5").glob("rng_state*")) == [
+        "rng_state_0.pth", "rng_state_1.pth"]
+    result = run_cli("train", str(run / "recipe.yaml"), "--nproc", "2", "--resume", "--output", str(run),
+                     "--skip-validate")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert max_difference(adapter_tensors(run), adapter_tensors(run2)) <= 1e-6
+    assert losses(run) == pytest.approx(losses(run2), rel=1e-6)
 
 
 def test_effective_batch_is_printed_and_recorded(two_runs):
