@@ -19,6 +19,7 @@ EXAMPLES = """examples:
   mistral-ft train recipes/quickstart.yaml
   mistral-ft train recipes/quickstart-dpo.yaml --set model.adapter=runs/quickstart-<timestamp>
   mistral-ft train recipes/mistral-7b-qlora-instruct-v3.yaml --set train.max_steps=200 --set lora.r=32
+  mistral-ft preprocess recipes/quickstart.yaml --show 2
   mistral-ft recipe check recipes/mistral-7b-qlora-instruct-v3.yaml
   mistral-ft recipe schema
   mistral-ft tiny-model models/tiny-mistral
@@ -73,6 +74,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--accelerate-config", metavar="YAML",
         help="with --nproc: an accelerate config such as configs/accelerate/fsdp.yaml (default: plain DDP)",
+    )
+
+    preprocess = commands.add_parser(
+        "preprocess",
+        help="read, check, tokenize and cache a recipe's data; report on it",
+        description="Load, format and tokenize the recipe's data set and cache it (train reuses the cache; any "
+        "change to the data files, format, columns, template, tokenizer or length policy makes a new one). "
+        "Reports rows read / kept / truncated / dropped by reason, tokens per row (statistics, a histogram and "
+        "data_lengths.png), the share of tokens carrying loss and the steps per epoch; bad rows per "
+        "data.on_bad_row, with rejected.jsonl.",
+    )
+    preprocess.add_argument("recipe", help="path of the YAML recipe")
+    _add_set(preprocess)
+    preprocess.add_argument(
+        "--show", type=int, default=0, metavar="N",
+        help="print the first N training rows token by token: special tokens visible, trained tokens inside « »",
     )
 
     recipe = commands.add_parser("recipe", help="inspect recipes: the schema, or a resolved recipe")
@@ -252,6 +269,12 @@ def _dispatch(args, console: Console) -> int:
 
             return launch(args.nproc, _train_args(args), args.accelerate_config, console)
         train(recipe, output=args.output, console=console, skip_validate=args.skip_validate, resume=args.resume)
+        return 0
+    if args.command == "preprocess":
+        from finetune.data.preprocess import preprocess
+        from finetune.recipe.load import load_recipe
+
+        preprocess(load_recipe(args.recipe, args.overrides), args.show, console)
         return 0
     if args.command == "recipe":
         from finetune.recipe.describe import describe_schema, dump_recipe

@@ -3,8 +3,8 @@
 The steps, in order: read raw rows (:mod:`~finetune.data.sources`), apply the ``columns:``
 mapping, apply ``source_filter``, parse with the source's format, add the source's
 ``system_prompt``, stop at ``max_rows``.  Every row read is counted in the source's
-:class:`~finetune.data.report.SourceReport`; a row the format rejects is a :class:`FinetuneError`
-naming the recipe key, the file, the row and the column.
+:class:`~finetune.data.report.SourceReport`; a row that cannot be read or that the format rejects
+is recorded with its recipe key, file, row, column and reason (:mod:`~finetune.data.bad_rows`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 from finetune.data.conversation import Example, PreferencePair, with_system_prompt
 from finetune.data.formats import Format, RowError, get_format, rename_columns
-from finetune.data.report import FILTERED, SourceReport
-from finetune.data.sources import RawRow, read_rows
+from finetune.data.bad_rows import Rejected, RejectedRows
+from finetune.data.report import BAD_ROW, FILTERED, SourceReport
+from finetune.data.sources import read_rows
 from finetune.errors import FinetuneError
 from finetune.recipe.schema import SourceConfig
 
@@ -30,8 +31,11 @@ class Item:
     order: int  # 1-based position among the rows read from this source (for sorted error lists)
 
 
-def load_examples(source: SourceConfig, key: str) -> tuple[list[Item], SourceReport]:
-    """The examples of ``source`` (recipe key ``key``, e.g. ``data.sources[0]``) and their report."""
+def load_examples(source: SourceConfig, key: str, rejected: RejectedRows) -> tuple[list[Item], SourceReport]:
+    """The examples of ``source`` (recipe key ``key``, e.g. ``data.sources[0]``) and their report.
+
+    Rows that cannot be read or parsed go to ``rejected`` (counted as dropped, reason BAD_ROW).
+    """
     fmt = get_format(source.format)
     _check_columns(source, fmt, key)
     report = SourceReport(key=key, path=source.path, format=source.format)
@@ -43,6 +47,10 @@ def load_examples(source: SourceConfig, key: str) -> tuple[list[Item], SourceRep
             report.stopped_at_max_rows = source.max_rows
             break
         report.read += 1
+        if raw.problem is not None:
+            rejected.add(Rejected(f"{key} ({fmt.name} format)", raw.where, raw.problem, row=raw.text))
+            report.dropped[BAD_ROW] += 1
+            continue
         try:
             row = rename_columns(raw.data, source.columns, fmt.required)
             if wanted is not None:
@@ -53,7 +61,9 @@ def load_examples(source: SourceConfig, key: str) -> tuple[list[Item], SourceRep
                     continue
             example = fmt.parse(row)
         except RowError as err:
-            raise row_error(key, fmt, raw, err) from None
+            rejected.add(Rejected(f"{key} ({fmt.name} format)", raw.where, err.reason, err.column, raw.data, err.hint))
+            report.dropped[BAD_ROW] += 1
+            continue
         if isinstance(example, PreferencePair):
             example = example.with_system_prompt(source.system_prompt)
         elif not isinstance(example, str):
@@ -61,15 +71,6 @@ def load_examples(source: SourceConfig, key: str) -> tuple[list[Item], SourceRep
         items.append(Item(example, raw.where, report, report.read))
     _check_not_empty(source, key, report, seen_sources)
     return items, report
-
-
-def row_error(key: str, fmt: Format, raw: RawRow, err: RowError) -> FinetuneError:
-    """The user-facing error for a rejected row: recipe key, file and row, column, reason."""
-    column = f", column {err.column!r}" if err.column else ""
-    return FinetuneError(
-        f"{key} ({fmt.name} format), {raw.where}{column}: {err.reason}.",
-        hint=err.hint or "Fix or remove that row; rows are never skipped silently.",
-    )
 
 
 def _source_value(row: dict) -> str:

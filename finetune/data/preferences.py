@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from finetune.data.conversation import PreferencePair
 from finetune.data.examples import Item
+from finetune.data.bad_rows import RejectedRows
 from finetune.data.prepare import split_items
 from finetune.data.report import NOTHING_TRAINED, OVERLONG, DataReport
 from finetune.data.template import Template, select_template
@@ -89,6 +90,7 @@ class PreferenceData:
     eval: "datasets.Dataset | None"  # noqa: F821
     report: PreferenceReport
     template: Template
+    rejected: RejectedRows
 
 
 def prepare_preferences(data: DataConfig, dpo: DpoConfig, tokenizer) -> PreferenceData:
@@ -97,11 +99,13 @@ def prepare_preferences(data: DataConfig, dpo: DpoConfig, tokenizer) -> Preferen
     template = select_template(tokenizer, data.template, encode_text)
     report = PreferenceReport(template.name, encode_text.kind, data.max_length, data.overlong)
 
-    train_items, eval_items = split_items(data, report, "pairs")
+    rejected = RejectedRows(data.on_bad_row)
+    train_items, eval_items = split_items(data, report, "pairs", rejected)
 
     fitter = PairFitter(data, dpo)
     train = fitter.encode_all(template, train_items)
     evaluation = fitter.encode_all(template, eval_items)
+    rejected.raise_if_bad()
     fitter.raise_if_overlong()
     if not train:
         raise FinetuneError(
@@ -115,7 +119,8 @@ def prepare_preferences(data: DataConfig, dpo: DpoConfig, tokenizer) -> Preferen
     report.train_rows, report.eval_rows = len(train), len(evaluation)
     report.train_tokens = sum(pair.forward_tokens for pair in train)
     report.trained_tokens = sum(len(pair.chosen_ids) + len(pair.rejected_ids) for pair in train)
-    return PreferenceData(to_pair_dataset(train), to_pair_dataset(evaluation) if evaluation else None, report, template)
+    evaluation_set = to_pair_dataset(evaluation) if evaluation else None
+    return PreferenceData(to_pair_dataset(train), evaluation_set, report, template, rejected)
 
 
 class PairFitter:

@@ -22,7 +22,8 @@ from typing import NamedTuple
 
 from finetune.data.conversation import PreferencePair
 from finetune.data.examples import Item, load_examples
-from finetune.data.report import NOTHING_TRAINED, OVERLONG, DataReport
+from finetune.data.bad_rows import Rejected, RejectedRows
+from finetune.data.report import BAD_ROW, NOTHING_TRAINED, OVERLONG, DataReport
 from finetune.data.template import Encoded, Template, encode_text_example, select_template
 from finetune.data.text_encoder import TextEncoder, text_encoder
 from finetune.errors import FinetuneError
@@ -51,6 +52,7 @@ class PreparedData:
     eval_prompts: list[EvalPrompt]
     report: DataReport
     template: Template
+    rejected: RejectedRows
 
 
 def prepare_data(data: DataConfig, tokenizer) -> PreparedData:
@@ -59,13 +61,15 @@ def prepare_data(data: DataConfig, tokenizer) -> PreparedData:
     template = select_template(tokenizer, data.template, encode_text)
     report = DataReport(template.name, encode_text.kind, data.max_length, data.overlong)
 
-    train_items, eval_items = split_items(data, report, "rows")
+    rejected = RejectedRows(data.on_bad_row)
+    train_items, eval_items = split_items(data, report, "rows", rejected)
     if not data.validation_sources and data.validation_ratio > 0 and not eval_items:
         report.notes.append("validation_ratio > 0 but a single training row: nothing held out")
 
-    encoder = _Encoder(template, encode_text, tokenizer, data)
+    encoder = _Encoder(template, encode_text, tokenizer, data, rejected)
     train = encoder.encode_all(train_items)
     evaluation = encoder.encode_all(eval_items)
+    rejected.raise_if_bad()
     encoder.raise_if_overlong()
     if eval_items and not evaluation:
         report.notes.append("every held-out row was dropped by data.overlong: no held-out loss")
@@ -81,27 +85,30 @@ def prepare_data(data: DataConfig, tokenizer) -> PreparedData:
     report.train_tokens = sum(len(enc) for _, enc in train)
     report.trained_tokens = sum(enc.trained for _, enc in train)
     report.eval_prompts = len(prompts)
-    return PreparedData(to_dataset(train), to_dataset(evaluation) if evaluation else None, prompts, report, template)
+    evaluation_set = to_dataset(evaluation) if evaluation else None
+    return PreparedData(to_dataset(train), evaluation_set, prompts, report, template, rejected)
 
 
-def load_items(sources, key: str, seed: int, report: DataReport) -> list[Item]:
-    """All examples of ``sources`` concatenated, then shuffled with ``seed``."""
+def load_items(sources, key: str, seed: int, report: DataReport, rejected: RejectedRows) -> list[Item]:
+    """All examples of ``sources`` concatenated, then shuffled with ``seed``; bad rows go to ``rejected``."""
     items: list[Item] = []
     for index, source in enumerate(sources):
-        loaded, source_report = load_examples(source, f"{key}[{index}]")
+        loaded, source_report = load_examples(source, f"{key}[{index}]", rejected)
         report.sources.append(source_report)
         items.extend(loaded)
     random.Random(seed).shuffle(items)
     return items
 
 
-def split_items(data: DataConfig, report: DataReport, unit: str) -> tuple[list[Item], list[Item]]:
+def split_items(
+    data: DataConfig, report: DataReport, unit: str, rejected: RejectedRows
+) -> tuple[list[Item], list[Item]]:
     """(train, held out) items of ``data``: ``validation_sources`` when given, else a
     ``validation_ratio`` slice of the shuffled training items; the origin is recorded in ``report``."""
-    train_items = load_items(data.sources, "data.sources", data.seed, report)
+    train_items = load_items(data.sources, "data.sources", data.seed, report, rejected)
     if data.validation_sources:
         report.eval_origin = "validation_sources"
-        return train_items, load_items(data.validation_sources, "data.validation_sources", data.seed, report)
+        return train_items, load_items(data.validation_sources, "data.validation_sources", data.seed, report, rejected)
     report.eval_origin = f"validation_ratio {data.validation_ratio:g} of the training {unit}"
     return hold_out(train_items, data.validation_ratio)
 
@@ -118,15 +125,17 @@ def hold_out(items: list, ratio: float) -> tuple[list, list]:
 class _Encoder:
     """Encodes items and applies the overlong policy, counting every outcome in the item's report."""
 
-    def __init__(self, template: Template, encode_text: TextEncoder, tokenizer, data: DataConfig):
+    def __init__(self, template: Template, encode_text: TextEncoder, tokenizer, data: DataConfig, rejected: RejectedRows):
         self.template = template
         self.encode_text = encode_text
         self.bos_id, self.eos_id = tokenizer.bos_token_id, tokenizer.eos_token_id
         self.data = data
+        self.rejected = rejected
         self.overlong: list[tuple[Item, int]] = []
 
-    def encode(self, item: Item) -> Encoded:
-        """Ids and mask of one example (a plain text is BOS + text + EOS, all trained)."""
+    def encode(self, item: Item) -> Encoded | None:
+        """Ids and mask of one example (a plain text is BOS + text + EOS, all trained); None when the
+        template cannot render it (recorded as a bad row)."""
         if isinstance(item.example, str):
             return encode_text_example(item.example, self.encode_text, self.bos_id, self.eos_id)
         if isinstance(item.example, PreferencePair):
@@ -137,13 +146,17 @@ class _Encoder:
         try:
             return self.template.encode(item.example, self.data.train_on)
         except FinetuneError as err:
-            raise FinetuneError(f"{item.report.key}, {item.where}: {err.message}", hint=err.hint) from err
+            self.rejected.add(Rejected(item.report.key, item.where, err.message.rstrip("."), row=item.example, hint=err.hint))
+            item.report.dropped[BAD_ROW] += 1
+            return None
 
     def encode_all(self, items: list[Item]) -> list[tuple[Item, Encoded]]:
         """The kept (item, encoding) pairs, in order."""
         kept = []
         for item in items:
-            encoded = self.fit(item, self.encode(item))
+            encoded = self.encode(item)
+            if encoded is not None:
+                encoded = self.fit(item, encoded)
             if encoded is not None:
                 item.report.kept += 1
                 kept.append((item, encoded))
@@ -158,14 +171,19 @@ class _Encoder:
             self.overlong.append((item, len(encoded)))
             return None
         if self.data.overlong == "drop":
-            item.report.dropped[OVERLONG] += 1
+            self._drop(item, OVERLONG, f"{len(encoded):,} tokens, longer than data.max_length = {limit:,} (data.overlong: drop)")
             return None
         cut = encoded.truncated(limit)
         if cut.trained == 0:
-            item.report.dropped[NOTHING_TRAINED] += 1
+            self._drop(item, NOTHING_TRAINED, f"{len(encoded):,} tokens; truncating to {limit:,} left no trained token")
             return None
         item.report.truncated += 1
         return cut
+
+    def _drop(self, item: Item, reason: str, detail: str) -> None:
+        """A row dropped by the length policy: counted, and recorded for rejected.jsonl."""
+        item.report.dropped[reason] += 1
+        self.rejected.add(Rejected(item.report.key, item.where, detail, row=item.example, bad=False))
 
     def raise_if_overlong(self) -> None:
         """Under ``overlong: error``, one error listing the first offending rows and the options."""

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 # Drop reasons (keys of SourceReport.dropped), worded for the summary.
 FILTERED = "not in source_filter"
+BAD_ROW = "bad row"
 OVERLONG = "longer than max_length"
 NOTHING_TRAINED = "truncation left no trained tokens"
 
@@ -70,7 +71,10 @@ class DataReport:
 
     def as_dict(self) -> dict:
         """Plain JSON-ready form, for summary.json."""
-        return asdict(self)
+        out = asdict(self)
+        for plain, source in zip(out["sources"], self.sources):
+            plain["dropped"] = dict(source.dropped)  # asdict would rebuild the Counter from (key, count) pairs
+        return out
 
     def summary(self) -> str:
         """A few lines for the terminal and the run folder."""

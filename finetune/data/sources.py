@@ -4,7 +4,9 @@ A source is a local ``.jsonl`` / ``.json`` / ``.csv`` / ``.parquet`` file, a fol
 or a Hugging Face Hub data set id.  Local files are read with the standard library (and pyarrow for
 parquet) rather than ``datasets.load_dataset``: that keeps exact 1-based line numbers for error
 messages, turns a malformed line into an error naming it, and writes no cache that could go stale.
-Every :class:`RawRow` carries ``where`` ("data/train.jsonl line 7") for the error messages.
+Every :class:`RawRow` carries ``where`` ("data/train.jsonl line 7") for the error messages; a line
+that is not a JSON object is a row with a ``problem``, not an exception, so every bad row of a file
+can be reported at once.
 """
 
 from __future__ import annotations
@@ -25,10 +27,16 @@ _SPLIT_NAMES = ("train", "validation", "valid", "val", "test", "dev", "eval")
 
 @dataclass(frozen=True)
 class RawRow:
-    """One row as read, and where it is: ``"<file> line 7"`` or ``"<file> row 3"`` (0-based)."""
+    """One row as read, and where it is: ``"<file> line 7"`` or ``"<file> row 3"`` (0-based).
 
-    data: dict[str, Any]
+    A row that could not be read as an object has ``problem`` (why) and its raw ``text`` instead of
+    ``data``; what happens to it is ``data.on_bad_row``'s decision (:mod:`finetune.data.bad_rows`).
+    """
+
+    data: dict[str, Any] | None
     where: str
+    problem: str | None = None
+    text: str | None = None
 
 
 def looks_local(path: str) -> bool:
@@ -111,13 +119,12 @@ def read_file(path: Path) -> Iterator[RawRow]:
         raise FinetuneError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}).") from err
 
 
-def _object(value: Any, path: Path, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise FinetuneError(
-            f"{path} {where} is a JSON {type(value).__name__}, not an object; each row must be an "
-            'object such as {"prompt": ..., "response": ...}.'
-        )
-    return value
+def _row(value: Any, where: str, text: str) -> RawRow:
+    """A parsed JSON value as a row: an object, or a row with a problem."""
+    if isinstance(value, dict):
+        return RawRow(value, where)
+    return RawRow(None, where, f"a JSON {type(value).__name__}, not an object such as "
+                  '{"prompt": ..., "response": ...}', text)
 
 
 def _read_jsonl(path: Path) -> Iterator[RawRow]:
@@ -126,13 +133,13 @@ def _read_jsonl(path: Path) -> Iterator[RawRow]:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
+            where, text = f"{path} line {number}", line.rstrip("\r\n")
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as err:
-                raise FinetuneError(
-                    f"{path} line {number} is not valid JSON: {err.msg} (column {err.colno})."
-                ) from err
-            yield RawRow(_object(value, path, f"line {number}"), f"{path} line {number}")
+                yield RawRow(None, where, f"not valid JSON: {err.msg} (column {err.colno})", text)
+                continue
+            yield _row(value, where, text)
 
 
 def _read_json(path: Path) -> Iterator[RawRow]:
@@ -151,7 +158,7 @@ def _read_json(path: Path) -> Iterator[RawRow]:
             "(or one object per line, JSON Lines)."
         )
     for index, item in enumerate(value):
-        yield RawRow(_object(item, path, f"row {index}"), f"{path} row {index}")
+        yield _row(item, f"{path} row {index}", json.dumps(item, ensure_ascii=False))
 
 
 def _read_csv(path: Path) -> Iterator[RawRow]:
@@ -160,9 +167,13 @@ def _read_csv(path: Path) -> Iterator[RawRow]:
         reader = csv.DictReader(handle)
         start = reader.line_num + 2  # header is line 1 once read
         for record in reader:
+            where = f"{path} line {start}"
             if None in record:
-                raise FinetuneError(f"{path} line {start} has more fields than the header line.")
-            yield RawRow(dict(record), f"{path} line {start}")
+                extra = record.pop(None)
+                text = ",".join([*map(str, record.values()), *extra])
+                yield RawRow(None, where, "more fields than the header line", text)
+            else:
+                yield RawRow(dict(record), where)
             start = reader.line_num + 1
 
 

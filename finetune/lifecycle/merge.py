@@ -39,7 +39,6 @@ Decisions, and why:
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import shutil
 import time
@@ -48,6 +47,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from finetune.checksum import file_sha256
 from finetune.errors import FinetuneError
 from finetune.lifecycle.shards import DEFAULT_SHARD_SIZE, Checkpoint, write_shards
 from finetune.lifecycle.target import RunFolder, read_run
@@ -124,7 +124,7 @@ def merge_run(run: str | Path, output: str | Path | None = None, dtype: str = "b
         raise
     weights = {"4bit": "NF4 round trip", "8bit": "LLM.int8 round trip", "none": "checkpoint"}[cfg.quantization]
     report = {"run": str(folder.path), "base": cfg.base, "quantization": cfg.quantization, "base_weights": weights,
-              "dtype": dtype, "adapter_sha256": _sha256(folder.adapter / "adapter_model.safetensors"),
+              "dtype": dtype, "adapter_sha256": file_sha256(folder.adapter / "adapter_model.safetensors"),
               "files": files, **plan.counts}
     return out, report
 
@@ -178,14 +178,6 @@ def _write_tokenizer(run: RunFolder, base_dir: Path, out: Path) -> None:
     source = base_dir if run.recipe.model.tokenizer is None else Path(run.recipe.model.tokenizer).expanduser()
     if (source / "tokenizer.model").is_file() and not (out / "tokenizer.model").exists():
         shutil.copyfile(source / "tokenizer.model", out / "tokenizer.model")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_prompts(run: RunFolder) -> tuple[list[list[int]], str]:

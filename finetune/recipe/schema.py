@@ -136,6 +136,12 @@ class DataConfig(Section):
     overlong: Literal["truncate", "drop", "error"] = Field(
         "error", description="What to do with a row longer than max_length; counted and reported in every case."
     )
+    on_bad_row: Literal["error", "skip"] = Field(
+        "error",
+        description="A row that cannot be used (not valid JSON, a missing / null / empty / non-string field, roles "
+        "out of order): error = stop with a list of every bad row; skip = train without them and write each, "
+        "with its reason, to rejected.jsonl in the run folder.",
+    )
     seed: int = Field(0, description="Seed of the shuffle and of the held-out split.")
 
 

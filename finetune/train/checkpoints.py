@@ -11,7 +11,6 @@ to the previous good checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from finetune.checksum import file_sha256
+
 MANIFEST = "checkpoint.json"
 STAGING = ".staging"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -29,7 +30,7 @@ _NAME = re.compile(r"^checkpoint-(\d+)$")
 def write_manifest(folder: Path) -> None:
     """Record every file under ``folder`` with its size and SHA-256, as the last file written."""
     files = {
-        str(path.relative_to(folder)): {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        str(path.relative_to(folder)): {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
         for path in sorted(folder.rglob("*"))
         if path.is_file() and path.name != MANIFEST
     }
@@ -57,7 +58,7 @@ def problem(folder: Path) -> str | None:
         size = path.stat().st_size
         if size != expected["bytes"]:
             return f"{name} has {size:,} bytes, {expected['bytes']:,} were written"
-        if _sha256(path) != expected["sha256"]:
+        if file_sha256(path) != expected["sha256"]:
             return f"{name} does not match its checksum (the file was changed after the save)"
     if not any(name.startswith("trainer_state") for name in files):
         return "no trainer_state.json"
@@ -92,14 +93,6 @@ def step_of(checkpoint: Path) -> int:
     if match is None:
         raise ValueError(f"{checkpoint} is not a checkpoint-N folder")
     return int(match.group(1))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class AtomicCheckpoints:

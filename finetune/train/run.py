@@ -17,8 +17,7 @@ import torch
 from rich.console import Console
 from transformers import set_seed
 
-from finetune.data import prepare_data
-from finetune.data.preferences import prepare_preferences
+from finetune.data.preprocess import describe_data, prepare_for
 from finetune.errors import FinetuneError, Interrupted
 from finetune.model.adapters import POLICY, add_frozen_copy, adapter_dir, attach_lora, resume_lora
 from finetune.model.load import load_base_model, load_tokenizer
@@ -61,8 +60,9 @@ def train(
     with console.status("loading tokenizer"):
         tokenizer = load_tokenizer(recipe.model)
     with console.status("preparing data"):
-        data = distributed.main_computes(lambda: _prepare(recipe, tokenizer))
+        data, _, cache_note = distributed.main_computes(lambda: prepare_for(recipe, tokenizer))
     console.print(data.report.summary())
+    console.print(f"  {cache_note}", soft_wrap=True)
 
     with console.status(f"loading {recipe.model.base} ({recipe.model.quantization})"):
         model = load_base_model(recipe.model)
@@ -84,6 +84,7 @@ def train(
     # The folder is made only once every input has loaded, so a typo never leaves an empty run behind.
     run_dir = distributed.main_computes(lambda: _open_run_dir(recipe, output, point))
     console.print(f"[bold]run folder[/] {run_dir}")
+    lengths = describe_data(data, recipe, run_dir if distributed.is_main() else None, console, batch["processes"])
 
     use_cpu = not torch.cuda.is_available()
     interrupt = SaveOnInterrupt(console)
@@ -93,7 +94,7 @@ def train(
         console.print(f"[yellow]warning: {warning}[/]")
 
     summary = runs.read_summary(run_dir) if point else {}
-    summary.update(run_dir=str(run_dir), base_model=recipe.model.base, data=data.report.as_dict(), **batch,
+    summary.update(run_dir=str(run_dir), base_model=recipe.model.base, data=data.report.as_dict(), lengths=lengths, **batch,
                    parallelism=distributed.parallelism(trainer.accelerator))
     if "eval_loss_before" not in summary and "preference_accuracy_before" not in summary:
         summary.update(_evaluate(recipe, trainer, tokenizer, data, "before", console))
@@ -141,6 +142,7 @@ def _open_run_dir(recipe: Recipe, output: str | None, point: ResumePoint | None)
     return run_dir
 
 
+
 def _stopped(recipe: Recipe, run_dir: Path, summary: dict, step: int, console: Console) -> Path:
     """Record an interrupted run and raise :class:`Interrupted` naming the command that resumes it."""
     summary["status"] = f"interrupted at step {step}"
@@ -166,13 +168,6 @@ def save_adapter(trainer, folder: Path) -> None:
         model = trainer.accelerator.unwrap_model(trainer.model)
         model.save_pretrained(folder, selected_adapters=[POLICY], state_dict=state_dict)
     distributed.barrier()
-
-
-def _prepare(recipe: Recipe, tokenizer):
-    """Tokenized training data for the method: responses with loss masks (sft) or preference pairs (dpo)."""
-    if recipe.train.method == "dpo":
-        return prepare_preferences(recipe.data, recipe.dpo, tokenizer)
-    return prepare_data(recipe.data, tokenizer)
 
 
 def attach_adapters(recipe: Recipe, model, start_adapter):

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from finetune.data.bad_rows import RejectedRows
 from finetune.data.examples import load_examples
 from finetune.errors import FinetuneError
 from finetune.recipe.schema import SourceConfig
@@ -15,7 +16,11 @@ KEY = "data.sources[0]"
 
 
 def _load(path, fmt, **keys):
-    return load_examples(SourceConfig(path=str(path), format=fmt, **keys), KEY)
+    """Load under ``data.on_bad_row: error``: the bad rows, if any, become one error."""
+    rejected = RejectedRows("error")
+    loaded = load_examples(SourceConfig(path=str(path), format=fmt, **keys), KEY, rejected)
+    rejected.raise_if_bad()
+    return loaded
 
 
 def _error(path, fmt, **keys) -> str:

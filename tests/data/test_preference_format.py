@@ -7,6 +7,7 @@ import json
 import pytest
 
 from finetune.data.conversation import PreferencePair
+from finetune.data.bad_rows import RejectedRows
 from finetune.data.examples import load_examples
 from finetune.data.formats import RowError
 from finetune.data.formats.preference import parse
@@ -77,7 +78,7 @@ def test_bad_rows_name_column_and_reason(row, column, reason):
 def test_source_system_prompt_goes_in_front_of_the_prompt(write_jsonl):
     path = write_jsonl("p.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b"},
                                    {"prompt": [SYSTEM, Q], "chosen": "a", "rejected": "b"}])
-    items, report = load_examples(SourceConfig(path=str(path), format="preference", system_prompt="Be kind."), "data.sources[0]")
+    items, report = load_examples(SourceConfig(path=str(path), format="preference", system_prompt="Be kind."), "data.sources[0]", RejectedRows("error"))
     assert items[0].example.prompt == [_m("system", "Be kind."), _m("user", "q")]
     assert items[1].example.prompt == [SYSTEM, Q]  # a row's own system message wins
     assert report.read == 2

@@ -24,18 +24,20 @@ def test_jsonl_positions_are_1_based_lines_and_blank_lines_are_skipped(tmp_path)
     assert [r.where for r in rows] == [f"{path} line 1", f"{path} line 3"]
 
 
-def test_invalid_json_line_is_named(tmp_path):
+def test_invalid_json_line_is_a_row_with_its_problem_and_text(tmp_path):
     path = tmp_path / "d.jsonl"
-    path.write_text('{"a": 1}\n{"a": \n', encoding="utf-8")
-    with pytest.raises(FinetuneError, match=r"d.jsonl line 2 is not valid JSON"):
-        _rows(path)
+    path.write_text('{"a": 1}\n{"a": \n{"a": 3}\n', encoding="utf-8")
+    rows = _rows(path)
+    assert [r.data for r in rows] == [{"a": 1}, None, {"a": 3}]  # reading goes on after it
+    assert rows[1].where == f"{path} line 2" and rows[1].text == '{"a": '
+    assert rows[1].problem.startswith("not valid JSON: Expecting value")
 
 
-def test_non_object_line_is_named(tmp_path):
+def test_non_object_line_is_a_row_with_its_problem(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('["a", "b"]\n', encoding="utf-8")
-    with pytest.raises(FinetuneError, match=r"line 1 is a JSON list, not an object"):
-        _rows(path)
+    (row,) = _rows(path)
+    assert row.problem.startswith("a JSON list, not an object") and row.text == '["a", "b"]'
 
 
 def test_json_array_and_json_lines_named_json(tmp_path):
