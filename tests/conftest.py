@@ -49,7 +49,8 @@ def quickstart_run(tiny_mistral, tmp_path_factory) -> tuple[Path, str]:
         return out, log.read_text()
     if out.exists():
         shutil.rmtree(out)
-    result = run_cli("train", "recipes/quickstart.yaml", "--set", f"model.base={tiny_mistral}", "--output", str(out))
+    result = run_cli("train", "recipes/quickstart.yaml", "--set", f"model.base={tiny_mistral}",
+                     "--set", "train.report_to=[tensorboard]", "--output", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     log.write_text(result.stderr)
     return out, result.stderr

@@ -173,6 +173,11 @@ class TrainConfig(Section):
     eval_steps: int | None = Field(None, gt=0, description="Evaluate held-out loss every N steps (None = at the end).")
     save_steps: int | None = Field(None, gt=0, description="Write a checkpoint every N steps (None = no checkpoints).")
     save_total_limit: int | None = Field(2, gt=0, description="Keep only the last K checkpoints.")
+    report_to: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=list,
+        description="Also log to TensorBoard (<run>/tensorboard; pip install tensorboard) and/or Weights & Biases "
+        "(pip install wandb; WANDB_* environment variables apply).",
+    )
 
 
 class DpoConfig(Section):

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import TrainerCallback
 
+from finetune.errors import FinetuneError
 from finetune.train import distributed
 
 _KEYS = {"loss": "loss", "eval_loss": "eval_loss", "learning_rate": "lr", "grad_norm": "grad_norm", "epoch": "epoch"}
@@ -117,3 +118,25 @@ class SaveOnInterrupt(TrainerCallback):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
+
+
+def reporting_callbacks(report_to: list[str], run_dir: Path) -> list[TrainerCallback]:
+    """TensorBoard logging into ``<run>/tensorboard`` (main process only); wandb goes through ``report_to``."""
+    if "tensorboard" not in report_to or not distributed.is_main():
+        return []
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run_dir / "tensorboard")))]
+
+
+def check_reporters(report_to: list[str]) -> None:
+    """Fail before any slow step when a logger named in ``train.report_to`` is not installed."""
+    import importlib.util
+
+    for name in report_to:
+        if importlib.util.find_spec(name) is None:
+            raise FinetuneError(
+                f"train.report_to lists {name}, which is not installed.",
+                hint=f"`pip install {name}`, or remove it from train.report_to.",
+            )

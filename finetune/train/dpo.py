@@ -37,6 +37,11 @@ class LeanDPOTrainer(AtomicCheckpoints, DPOTrainer):
 
     _tokens_seen = 0
 
+    @property
+    def tokens_seen(self) -> int:
+        """Tokens read by the training passes so far (the prompt twice, both answers), over every process."""
+        return self._tokens_seen
+
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         """Rows already hold prompt/chosen/rejected ids from the project's template: keep them."""
         return dataset

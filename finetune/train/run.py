@@ -24,11 +24,18 @@ from finetune.model.load import load_base_model, load_tokenizer
 from finetune.recipe.schema import Recipe
 from finetune.train import distributed
 from finetune.train import run_dir as runs
-from finetune.train.callbacks import MetricsLogger, RichProgress, SaveOnInterrupt
+from finetune.train.callbacks import (
+    MetricsLogger,
+    RichProgress,
+    SaveOnInterrupt,
+    check_reporters,
+    reporting_callbacks,
+)
 from finetune.train.checkpoints import step_of
 from finetune.train.evaluate import exact_match
 from finetune.train.plots import plot_losses
 from finetune.train.preference_eval import preference_score
+from finetune.train.report import peak_memory, write_report
 from finetune.train.resume import ResumePoint, find_resume_point
 from finetune.train.sft import build_sft_trainer
 
@@ -53,6 +60,7 @@ def train(
         console = Console(stderr=True, quiet=True)  # one voice: the main process
     console = console or Console(stderr=True)
     started = time.perf_counter()
+    check_reporters(recipe.train.report_to)
     point = distributed.main_computes(lambda: _resume_point(recipe, output, resume))
     for line in point.describe() if point else []:
         console.print(line, soft_wrap=True)  # paths stay whole
@@ -89,6 +97,7 @@ def train(
     use_cpu = not torch.cuda.is_available()
     interrupt = SaveOnInterrupt(console)
     callbacks = [MetricsLogger(run_dir / "metrics.jsonl"), RichProgress(console), interrupt]
+    callbacks += reporting_callbacks(recipe.train.report_to, run_dir)
     trainer = _build_trainer(recipe, model, tokenizer, data, run_dir, callbacks, use_cpu)
     if warning := distributed.unmet_request(trainer.accelerator):
         console.print(f"[yellow]warning: {warning}[/]")
@@ -106,8 +115,10 @@ def train(
     result = trainer.train(resume_from_checkpoint=str(point.checkpoint) if point else None)
     summary["train_seconds"] = round(time.perf_counter() - train_start, 2)
     summary["steps"] = trainer.state.global_step
+    summary["tokens_per_second"] = round(trainer.tokens_seen / max(summary["train_seconds"], 1e-9), 1)
+    summary.update(peak_memory())
     if interrupt.stopped_at is not None:
-        return _stopped(recipe, run_dir, summary, interrupt.stopped_at, console)
+        return _stopped(recipe, run_dir, summary, data, interrupt.stopped_at)
     summary["train_loss"] = result.training_loss
     summary.update(_evaluate(recipe, trainer, tokenizer, data, "after", console))
 
@@ -116,10 +127,16 @@ def train(
     summary["status"] = "done"
     if distributed.is_main():
         runs.save_tokenizer(tokenizer, run_dir / "tokenizer")
-        plot_losses(runs.read_metrics(run_dir), run_dir / "loss.png", f"{recipe.output.name}: loss")
-        runs.write_summary(run_dir, summary)
+        _write_records(recipe, run_dir, summary, data)
     _print_summary(console, summary)
     return run_dir
+
+
+def _write_records(recipe: Recipe, run_dir: Path, summary: dict, data) -> None:
+    """summary.json, loss.png and report.md: what the run did, for the main process to write."""
+    runs.write_summary(run_dir, summary)
+    plot_losses(runs.read_metrics(run_dir), run_dir / "loss.png", f"{recipe.output.name}: loss")
+    write_report(run_dir, recipe, summary, data.report.summary())
 
 
 def _resume_point(recipe: Recipe, output: str | None, resume: str | None) -> ResumePoint | None:
@@ -143,12 +160,11 @@ def _open_run_dir(recipe: Recipe, output: str | None, point: ResumePoint | None)
 
 
 
-def _stopped(recipe: Recipe, run_dir: Path, summary: dict, step: int, console: Console) -> Path:
+def _stopped(recipe: Recipe, run_dir: Path, summary: dict, data, step: int) -> Path:
     """Record an interrupted run and raise :class:`Interrupted` naming the command that resumes it."""
     summary["status"] = f"interrupted at step {step}"
     if distributed.is_main():
-        runs.write_summary(run_dir, summary)
-        plot_losses(runs.read_metrics(run_dir), run_dir / "loss.png", f"{recipe.output.name}: loss")
+        _write_records(recipe, run_dir, summary, data)
     raise distributed.raised_everywhere(Interrupted(
         f"Training stopped at step {step}; checkpoint {run_dir}/checkpoints/checkpoint-{step} was written.",
         hint=f"Continue with `mistral-ft train <recipe> --resume latest --output {run_dir}`.",
@@ -286,4 +302,8 @@ def _print_summary(console: Console, s: dict) -> None:
             f"TRL eval rewards after training: accuracy {s['eval_reward_accuracy_after']:.1%}, "
             f"margin {s['eval_reward_margin_after']:+.3f}"
         )
+    console.print(
+        f"throughput {s['tokens_per_second']:,.0f} tokens/s, peak memory {s['peak_rss_mib']:,.0f} MiB (RSS)"
+    )
     console.print(f"adapter: {s['run_dir']}/adapter")
+    console.print(f"report: {s['run_dir']}/report.md")

@@ -23,6 +23,11 @@ from finetune.train.checkpoints import AtomicCheckpoints
 class LeanSFTTrainer(AtomicCheckpoints, SFTTrainer):
     """SFTTrainer without per-step full-vocabulary metrics, counting tokens, with atomic checkpoints."""
 
+    @property
+    def tokens_seen(self) -> int:
+        """Real tokens of the training batches so far, over every process."""
+        return self._total_train_tokens
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.model.training:
             self._total_train_tokens += count_tokens(self.accelerator, inputs["attention_mask"])
@@ -66,7 +71,7 @@ def sft_arguments(recipe: Recipe, run_dir: Path, use_cpu: bool) -> SFTConfig:
         save_strategy="steps" if t.save_steps else "no",
         save_steps=t.save_steps or 500,
         save_total_limit=t.save_total_limit,
-        report_to=[],
+        report_to=[name for name in t.report_to if name == "wandb"],  # TensorBoard: see reporting_callbacks
         disable_tqdm=True,
         use_cpu=use_cpu,
         bf16=dtype == torch.bfloat16,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from finetune.data import PreparedData, prepare_data
@@ -185,3 +187,20 @@ def test_chat_template_errors_name_the_row(fresh_tokenizer, write_jsonl, data_co
     with pytest.raises(FinetuneError) as err:
         prepare_data(data_config(path, "prompt-completion", system_prompt="sys"), tok)
     assert f"data.sources[0], {path} line" in str(err.value) and "no system role" in str(err.value)
+
+
+def test_large_sets_are_encoded_on_worker_processes_with_the_same_result(tok_v1, write_jsonl, data_config, monkeypatch):
+    import finetune.data.prepare as prepare
+
+    rows = [{"prompt": f"Row {n}: is {n} even?", "response": "yes" if n % 2 == 0 else "no"} for n in range(5000)]
+    rows[123] = {"prompt": " ".join(map(str, range(100))), "response": "a"}  # over-long: dropped by the policy
+    config = data_config(write_jsonl("big.jsonl", rows), "instruct-v3", data={"overlong": "drop", "max_length": 64})
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one CPU core: encoding never uses workers")
+    parallel = prepare_data(config, tok_v1)  # 5,000 rows >= PARALLEL_FROM: forked workers
+    monkeypatch.setattr(prepare, "PARALLEL_FROM", 10**9)
+    serial = prepare_data(config, tok_v1)
+    assert parallel.train["input_ids"] == serial.train["input_ids"]
+    assert parallel.train["completion_mask"] == serial.train["completion_mask"]
+    assert parallel.report.summary() == serial.report.summary()
+    assert [r.where for r in parallel.rejected.rows] == [r.where for r in serial.rejected.rows] != []

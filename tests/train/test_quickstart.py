@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 from finetune.recipe.load import load_recipe
-from tests.conftest import REPO
+from tests.conftest import REPO, run_cli
 
 
 def test_quickstart_learns_the_held_out_tasks(quickstart_run):
@@ -27,7 +27,8 @@ def test_quickstart_learns_the_held_out_tasks(quickstart_run):
 def test_run_folder_is_self_describing(quickstart_run, tiny_mistral):
     run, _ = quickstart_run
     for name in ("recipe.yaml", "adapter/adapter_model.safetensors", "adapter/adapter_config.json",
-                 "tokenizer/tokenizer.json", "tokenizer/tokenizer.model", "metrics.jsonl", "loss.png", "summary.json"):
+                 "tokenizer/tokenizer.json", "tokenizer/tokenizer.model", "metrics.jsonl", "loss.png", "summary.json",
+                 "data_lengths.png", "report.md"):
         assert (run / name).is_file(), name
     assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -71,3 +72,41 @@ def test_adapter_reproduces_accuracy_with_plain_peft_in_fresh_process(quickstart
     fresh = json.loads(result.stdout.strip().splitlines()[-1])["exact_match"]
     summary = json.loads((run / "summary.json").read_text())
     assert fresh == pytest.approx(summary["exact_match_after"], abs=0.02)
+
+
+def test_report_md_explains_the_run(quickstart_run):
+    run, stderr = quickstart_run
+    report = (run / "report.md").read_text()
+    summary = json.loads((run / "summary.json").read_text())
+    assert report.startswith("# quickstart: done")
+    for section in ("## Data", "## Training", "## Held-out results", "![loss](loss.png)", "![tokens per row](data_lengths.png)"):
+        assert section in report, section
+    assert "LoRA: r 16, alpha 32" in report and "trained in full: embed_tokens, lm_head" in report
+    assert f"| held-out exact match | {summary['exact_match_before']:.1%} | {summary['exact_match_after']:.1%} |" in report
+    assert summary["tokens_per_second"] > 0 and summary["peak_rss_mib"] > 100
+    assert f"{summary['tokens_per_second']:,.0f} tokens/s" in report
+    assert f"report: {run}/report.md" in " ".join(stderr.split())
+
+
+def test_tensorboard_receives_the_losses(quickstart_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run, _ = quickstart_run
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    losses = events.Scalars("train/loss")
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert [e.step for e in losses] == steps  # the same log events as metrics.jsonl
+    assert losses[-1].value < losses[0].value / 5
+    assert "eval/loss" in events.Tags()["scalars"]
+
+
+def test_a_logger_that_is_not_installed_stops_the_run_before_it_starts(tmp_path):
+    import importlib.util
+
+    assert importlib.util.find_spec("wandb") is None  # not a dependency
+    result = run_cli("train", "recipes/quickstart.yaml", "--set", "train.report_to=[wandb]", "--output", str(tmp_path / "r"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "train.report_to lists wandb, which is not installed" in " ".join(result.stderr.split())
+    assert not (tmp_path / "r").exists()
