@@ -27,6 +27,7 @@ class LengthStats:
     max_length: int
     steps_per_epoch: int
     rows_per_step: int
+    packed_into: int | None = None  # with data.packing: sequences of max_length tokens holding the rows
 
     @property
     def trained_share(self) -> float:
@@ -40,12 +41,19 @@ class LengthStats:
             f"tokens per row: min {self.min:,}, median {self.median:,}, p95 {self.p95:,}, max {self.max:,} "
             f"(max_length {self.max_length:,})",
             f"tokens carrying loss: {self.trained_tokens:,} of {self.tokens:,} ({self.trained_share:.1%})",
-            f"steps per epoch: {self.steps_per_epoch:,} ({self.rows:,} rows / {self.rows_per_step:,} rows per step)",
+            f"steps per epoch: {self.steps_per_epoch:,} ({self.rows:,} rows / {self.rows_per_step:,} rows per step)"
+            if self.packed_into is None else
+            f"packing: {self.rows:,} rows in {self.packed_into:,} sequences of {self.max_length:,} tokens "
+            f"({self.tokens / (self.packed_into * self.max_length):.0%} filled); steps per epoch: "
+            f"{self.steps_per_epoch:,} ({self.rows_per_step:,} sequences per step)",
         ]
 
 
-def length_stats(lengths: list[int], trained: list[int], max_length: int, rows_per_step: int) -> LengthStats:
-    """Statistics of the training rows (``lengths`` and ``trained`` token counts per row)."""
+def length_stats(
+    lengths: list[int], trained: list[int], max_length: int, rows_per_step: int, packed_into: int | None = None
+) -> LengthStats:
+    """Statistics of the training rows (``lengths`` and ``trained`` token counts per row); with packing,
+    ``packed_into`` sequences are what the steps count."""
     ordered = sorted(lengths)
     return LengthStats(
         rows=len(ordered),
@@ -56,8 +64,9 @@ def length_stats(lengths: list[int], trained: list[int], max_length: int, rows_p
         p95=ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)],
         max=ordered[-1],
         max_length=max_length,
-        steps_per_epoch=math.ceil(len(ordered) / rows_per_step),
+        steps_per_epoch=math.ceil((packed_into or len(ordered)) / rows_per_step),
         rows_per_step=rows_per_step,
+        packed_into=packed_into,
     )
 
 

@@ -15,7 +15,9 @@ from rich.console import Console
 
 from finetune.data.cache import cached
 from finetune.data.lengths import histogram_lines, length_stats, plot_lengths
+from finetune.data.packing import best_fit_decreasing
 from finetune.data.show import render_row
+from finetune.errors import FinetuneError
 from finetune.recipe.schema import Recipe
 
 
@@ -23,6 +25,12 @@ def prepare_for(recipe: Recipe, tokenizer):
     """(prepared data, cache folder or None, cache note) for the recipe's ``train.method``."""
     if recipe.train.method == "dpo":
         from finetune.data.preferences import prepare_preferences
+
+        if recipe.data.packing:
+            raise FinetuneError(
+                "data.packing applies to SFT rows; DPO trains on (prompt, chosen, rejected) pairs, unpacked.",
+                hint="Remove data.packing from this recipe.",
+            )
 
         return cached(recipe, tokenizer, lambda: prepare_preferences(recipe.data, recipe.dpo, tokenizer))
     from finetune.data.prepare import prepare_data
@@ -43,7 +51,8 @@ def describe_data(data, recipe: Recipe, folder: Path | None, console: Console, p
     """Print the length report and histogram; write data_lengths.png and rejected.jsonl into ``folder``."""
     lengths, trained = row_lengths(data.train)
     per_step = recipe.train.micro_batch_size * recipe.train.gradient_accumulation_steps * processes
-    stats = length_stats(lengths, trained, recipe.data.max_length, per_step)
+    bins = len(best_fit_decreasing(lengths, recipe.data.max_length)) if recipe.data.packing else None
+    stats = length_stats(lengths, trained, recipe.data.max_length, per_step, packed_into=bins)
     for line in stats.lines():
         console.print(f"  {line}")
     console.print("  tokens per row (training rows):")

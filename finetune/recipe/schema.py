@@ -136,6 +136,11 @@ class DataConfig(Section):
     overlong: Literal["truncate", "drop", "error"] = Field(
         "error", description="What to do with a row longer than max_length; counted and reported in every case."
     )
+    packing: bool = Field(
+        False,
+        description="SFT: pack whole rows into sequences of max_length tokens (best-fit decreasing); positions "
+        "restart per row and attention never crosses a row, so each row trains as if alone, with less padding.",
+    )
     on_bad_row: Literal["error", "skip"] = Field(
         "error",
         description="A row that cannot be used (not valid JSON, a missing / null / empty / non-string field, roles "

@@ -15,6 +15,7 @@ import torch
 from transformers import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
+from finetune.data.packing import PackedCollator, pack_dataset
 from finetune.model.load import compute_dtype
 from finetune.recipe.schema import Recipe
 from finetune.train.checkpoints import AtomicCheckpoints
@@ -29,8 +30,9 @@ class LeanSFTTrainer(AtomicCheckpoints, SFTTrainer):
         return self._total_train_tokens
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        real = inputs.pop("num_real_tokens", None)  # packed batches carry no attention_mask (finetune.data.packing)
         if self.model.training:
-            self._total_train_tokens += count_tokens(self.accelerator, inputs["attention_mask"])
+            self._total_train_tokens += count_tokens(self.accelerator, real if real is not None else inputs["attention_mask"])
             self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
         inputs["use_cache"] = False
         return super(SFTTrainer, self).compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -87,10 +89,12 @@ def sft_arguments(recipe: Recipe, run_dir: Path, use_cpu: bool) -> SFTConfig:
 
 def build_sft_trainer(recipe: Recipe, model, tokenizer, data, run_dir: Path, callbacks, use_cpu: bool):
     """An SFT trainer over the prepared data; the model already carries its LoRA adapters."""
+    packed = recipe.data.packing
     trainer = LeanSFTTrainer(
         model=model,
         args=sft_arguments(recipe, run_dir, use_cpu),
-        train_dataset=data.train,
+        train_dataset=pack_dataset(data.train, recipe.data.max_length) if packed else data.train,
+        data_collator=PackedCollator(tokenizer.pad_token_id) if packed else None,
         eval_dataset=data.eval,
         processing_class=tokenizer,
         callbacks=callbacks,
