@@ -268,7 +268,12 @@ def _dispatch(args, console: Console) -> int:
             from finetune.train.launch import launch
 
             return launch(args.nproc, _train_args(args), args.accelerate_config, console)
-        train(recipe, output=args.output, console=console, skip_validate=args.skip_validate, resume=args.resume)
+        from finetune.train import distributed
+
+        try:
+            train(recipe, output=args.output, console=console, skip_validate=args.skip_validate, resume=args.resume)
+        finally:
+            distributed.shutdown()
         return 0
     if args.command == "preprocess":
         from finetune.data.preprocess import preprocess

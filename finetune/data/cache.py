@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -65,6 +66,8 @@ def tokenizer_fingerprint(tokenizer) -> str:
         sorted(zip(tokenizer.all_special_tokens, tokenizer.all_special_ids)),
         [tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id],
         getattr(tokenizer, "chat_template", None),
+        # the fast tokenizer's whole definition: merges, normalizer, pre-tokenizer
+        tokenizer.backend_tokenizer.to_str() if hasattr(tokenizer, "backend_tokenizer") else None,
     ]
     digest.update(json.dumps(parts, default=str).encode())
     model = sentencepiece_file(tokenizer)
@@ -90,10 +93,13 @@ def cached(recipe: Recipe, tokenizer, build: Callable[[], T]) -> tuple[T, Path |
         note = f"cache: written {folder}"
     data = build()
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = blob.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
-    tmp.rename(blob)
+    tmp = blob.with_name(f"prepared.{os.getpid()}.tmp")  # two runs preparing at once never share it
+    try:
+        with open(tmp, "wb") as f:
+            pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, blob)
+    finally:
+        tmp.unlink(missing_ok=True)
     return data, folder, note
 
 

@@ -82,6 +82,7 @@ class PackedCollator:
             positions = example.get("position_ids")
             position_ids[row, :n] = torch.tensor(positions) if positions is not None else torch.arange(n)
             position_ids[row, n:] = torch.arange(longest - n)  # padding: a segment of its own
+        labels[position_ids == 0] = IGNORE  # a row's first token is never a target, even when trained (text rows)
         real = sum(len(e["input_ids"]) for e in examples)
         return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels,
                 "num_real_tokens": torch.tensor(real)}

@@ -64,6 +64,16 @@ def _agrees(processor, tokenizer) -> bool:
     return processor.encode(_PROBE) == tokenizer(_PROBE, add_special_tokens=False).input_ids
 
 
+class _HFEncode:
+    """Text -> ids with the HF tokenizer, no special tokens added (a class, so prepared data can be pickled)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids
+
+
 def text_encoder(tokenizer) -> TextEncoder:
     """The most exact segment encoder available for ``tokenizer`` (see the module docstring)."""
     path = sentencepiece_file(tokenizer)
@@ -75,9 +85,7 @@ def text_encoder(tokenizer) -> TextEncoder:
             return TextEncoder(processor.encode, exact=True, kind=f"sentencepiece:{path.name}")
         log.warning("%s does not match the tokenizer's vocabulary; encoding with the HF tokenizer", path)
 
-    def encode(text: str) -> list[int]:
-        return tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids
-
+    encode = _HFEncode(tokenizer)
     if getattr(tokenizer, "bos_token", None) == "<s>":  # a SentencePiece-style vocabulary missing its model
         log.warning(
             "no SentencePiece tokenizer.model next to the tokenizer: encoding prompt segments with the HF "

@@ -122,9 +122,9 @@ class AtomicCheckpoints:
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             final = root / name
+            write_manifest(staged)
             if final.exists():  # a re-save at the same step (resumed run): replace it whole
                 shutil.rmtree(final)
-            write_manifest(staged)
             staged.rename(final)
             _fsync_dir(root)
             if not any(staged.parent.iterdir()):

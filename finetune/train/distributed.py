@@ -140,3 +140,13 @@ def unmet_request(accelerator) -> str | None:
         f"the accelerate config asks for {asked[0]}, but accelerate runs {got} here ({asked[0]} needs CUDA "
         "devices): every process holds a whole copy of the model"
     )
+
+
+def shutdown() -> None:
+    """Tear the process groups down before exit; left to interpreter shutdown, gloo's threads may abort."""
+    import torch.distributed as dist
+
+    global _gloo
+    if is_launched() and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+        _gloo = None

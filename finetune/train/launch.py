@@ -46,10 +46,18 @@ def launch(nproc: int, train_args: list[str], config_file: str | None, console: 
             f"--nproc {nproc}: this machine has {gpus} CUDA device(s); one process per GPU.",
             hint=f"Use --nproc {gpus} or fewer.",
         )
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
     args = launch_command_parser().parse_args(launch_arguments(nproc, train_args, config_file))
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # we report failures ourselves
+    # On Ctrl-C the launcher passes the signal on, then waits this long before killing the processes:
+    # long enough for them to finish the step and write their checkpoint (finetune.train.callbacks).
+    os.environ.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "1800")
     try:
         launch_command(args)
+    except SignalException:
+        console.print("[yellow]interrupted: see the processes' messages above for the checkpoint[/]")
+        return 130
     except ChildFailedError as error:
         rank, failure = min(error.failures.items())
         console.print(f"[red]process {rank} of {nproc} exited with status {failure.exitcode}[/]")

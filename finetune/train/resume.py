@@ -1,6 +1,7 @@
 """``mistral-ft train R.yaml --resume [CHECKPOINT|RUN|latest]``: which run folder and checkpoint to continue.
 
-``latest`` means the newest good checkpoint of the run in ``--output`` (or, without it, of the newest
+Checkpoints newer than the one resumed from belong to the abandoned continuation and are removed
+when the run folder is reopened.  ``latest`` means the newest good checkpoint of the run in ``--output`` (or, without it, of the newest
 ``<output.dir>/<output.name>-*`` run).  A run folder means its newest good checkpoint; a
 ``checkpoint-N`` folder means exactly that one.  Newer checkpoints that fail their manifest check are
 named with the reason and passed over.  The recipe given must be the run's: only the keys in
@@ -10,6 +11,7 @@ never silently continues with other data, another model or another learning rate
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +38,8 @@ class ResumePoint:
 
     def describe(self) -> list[str]:
         lines = [f"[yellow]skipping {path}: {reason}[/]" for path, reason in self.skipped]
-        return lines + [f"resuming {self.run_dir} from {self.checkpoint.name}"]
+        return lines + [f"resuming {self.run_dir} from {self.checkpoint.name} (later checkpoints are removed: "
+                        "the run continues from here)"]
 
 
 def find_resume_point(which: str, recipe: Recipe, output: str | None) -> ResumePoint:
@@ -103,8 +106,10 @@ def _newest_in(run_dir: Path) -> ResumePoint:
 
 def _newest_run(recipe: Recipe) -> Path:
     """The newest ``<output.dir>/<output.name>-*`` folder that holds a run."""
+    named = re.compile(rf"^{re.escape(recipe.output.name)}-\d{{8}}-\d{{6}}(-\d+)?$")  # not quickstart-dpo-*
     runs = sorted(
-        (p for p in Path(recipe.output.dir).glob(f"{recipe.output.name}-*") if (p / "recipe.yaml").is_file()),
+        (p for p in Path(recipe.output.dir).glob(f"{recipe.output.name}-*")
+         if named.match(p.name) and (p / "recipe.yaml").is_file()),
         key=lambda p: p.stat().st_mtime,
     )
     if not runs:

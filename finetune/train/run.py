@@ -10,6 +10,7 @@ bought: loss and exact match for sft, preference accuracy and log-prob margin fo
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -151,7 +152,11 @@ def _resume_point(recipe: Recipe, output: str | None, resume: str | None) -> Res
 def _open_run_dir(recipe: Recipe, output: str | None, point: ResumePoint | None) -> Path:
     """A new run folder with the resolved recipe, or the resumed run's, its metrics cut back to the checkpoint."""
     if point is not None:
-        runs.keep_metrics_until(point.run_dir, step_of(point.checkpoint))
+        step = step_of(point.checkpoint)
+        for newer in point.run_dir.glob("checkpoints/checkpoint-*"):  # from the abandoned continuation
+            if newer.is_dir() and newer.name[len("checkpoint-"):].isdigit() and step_of(newer) > step:
+                shutil.rmtree(newer)
+        runs.keep_metrics_until(point.run_dir, step)
         runs.write_recipe(point.run_dir, recipe)
         return point.run_dir
     run_dir = runs.create_run_dir(recipe, output)

@@ -74,7 +74,13 @@ def read_metrics(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # blank, or cut short by a process killed while appending
+            continue
+    return rows
 
 
 def save_tokenizer(tokenizer, folder: Path) -> None:

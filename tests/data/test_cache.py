@@ -73,3 +73,19 @@ def test_a_hub_source_is_never_cached(tok_v1, tmp_path):
     recipe = Recipe(model={"base": "x"}, data={"sources": [{"path": "someone/some-data", "format": "alpaca"}]},
                     output={"dir": str(tmp_path)})
     assert cache_key(recipe, tok_v1) is None
+
+
+def test_a_tokenizer_without_its_sentencepiece_model_is_cached_too(recipe_for, tokenizer_dirs, tmp_path):
+    """Prompt segments then go through the HF tokenizer (an encoder that must pickle with the data)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "tok"
+    shutil.copytree(tokenizer_dirs["v1"], folder)
+    (folder / "tokenizer.model").unlink()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert prepare_for(recipe_for(), tokenizer)[2].startswith("cache: written")
+    data, _, note = prepare_for(recipe_for(), tokenizer)
+    assert note.startswith("cache: reused") and data.template.encode_prompt([{"role": "user", "content": "Hi"}])
+    assert not list(tmp_path.glob("runs/.data-cache/*/*.tmp"))

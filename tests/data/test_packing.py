@@ -45,6 +45,10 @@ def test_collator_restarts_positions_and_never_trains_across_rows():
     assert batch["labels"][1].tolist()[4:] == [IGNORE] * 4
     assert int(batch["num_real_tokens"]) == 12
 
+    text_rows = {"input_ids": [1, 5, 2, 1, 6, 2], "completion_mask": [1] * 6, "position_ids": [0, 1, 2, 0, 1, 2]}
+    labels = PackedCollator(pad_token_id=2)([text_rows])["labels"][0].tolist()
+    assert labels == [IGNORE, 5, 2, IGNORE, 6, 2]  # a trained BOS is still never predicted from the row before
+
 
 def per_token_loss(logits, labels):
     """Cross-entropy of each position's prediction of the next label (0 where the label is ignored)."""

@@ -98,3 +98,24 @@ def repo_recipe():
     from tests.conftest import REPO
 
     return REPO / "recipes" / "quickstart.yaml"
+
+
+def test_latest_is_the_newest_run_of_this_recipe_not_of_a_longer_name(tmp_path, repo_recipe):
+    recipe = load_recipe(repo_recipe, [f"output.dir={tmp_path}"])
+    ours = tmp_path / "quickstart-20261123-101500"
+    write_run(ours, repo_recipe)
+    make_checkpoint(ours, 10)
+    other = tmp_path / "quickstart-dpo-20261123-111500"  # newer, another recipe
+    write_run(other, repo_recipe)
+    make_checkpoint(other, 10)
+    point = find_resume_point("latest", recipe, None)
+    assert point.run_dir == ours
+
+
+def test_a_metrics_line_cut_short_by_a_kill_is_ignored(tmp_path):
+    from finetune.train.run_dir import keep_metrics_until, read_metrics
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+    assert read_metrics(tmp_path) == [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]
+    keep_metrics_until(tmp_path, 1)
+    assert read_metrics(tmp_path) == [{"step": 1, "loss": 2.0}]

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 from tests.train.conftest import losses, short_recipe
 
 
 def test_a_packed_run_takes_fewer_steps_and_learns(tmp_path, tiny_mistral):
     recipe = short_recipe(tmp_path, tiny_mistral, max_steps=-1, epochs=1, logging_steps=2)
-    result = run_cli("train", str(recipe), "--set", "data.packing=true", "--output", str(tmp_path / "run"),
-                     "--skip-validate")
+    source = f"[{{path: {REPO / 'data/quickstart/train.jsonl'}, format: instruct-v3, max_rows: 300}}]"
+    result = run_cli("train", str(recipe), "--set", "data.packing=true", "--set", f"data.sources={source}",
+                     "--output", str(tmp_path / "run"), "--skip-validate")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     lengths = summary["lengths"]
@@ -20,4 +21,4 @@ def test_a_packed_run_takes_fewer_steps_and_learns(tmp_path, tiny_mistral):
     curve = losses(tmp_path / "run")
     assert curve[max(curve)] < curve[min(curve)] - 1.0
     assert summary["tokens_per_second"] > 0
-    assert "packing: 760 rows in" in " ".join(result.stderr.split())
+    assert f"packing: {lengths['rows']} rows in {lengths['packed_into']} sequences" in " ".join(result.stderr.split())
