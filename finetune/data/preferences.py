@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 from finetune.data.conversation import PreferencePair
 from finetune.data.examples import Item
-from finetune.data.bad_rows import RejectedRows
+from finetune.data.bad_rows import Rejected, RejectedRows
 from finetune.data.prepare import split_items
-from finetune.data.report import NOTHING_TRAINED, OVERLONG, DataReport
+from finetune.data.report import BAD_ROW, NOTHING_TRAINED, OVERLONG, DataReport
 from finetune.data.template import Template, select_template
 from finetune.data.text_encoder import text_encoder
 from finetune.errors import FinetuneError
@@ -102,7 +102,7 @@ def prepare_preferences(data: DataConfig, dpo: DpoConfig, tokenizer) -> Preferen
     rejected = RejectedRows(data.on_bad_row)
     train_items, eval_items = split_items(data, report, "pairs", rejected)
 
-    fitter = PairFitter(data, dpo)
+    fitter = PairFitter(data, dpo, rejected)
     train = fitter.encode_all(template, train_items)
     evaluation = fitter.encode_all(template, eval_items)
     rejected.raise_if_bad()
@@ -126,7 +126,8 @@ def prepare_preferences(data: DataConfig, dpo: DpoConfig, tokenizer) -> Preferen
 class PairFitter:
     """Encodes pairs and applies ``data.overlong`` with the DPO length limits, counting every outcome."""
 
-    def __init__(self, data: DataConfig, dpo: DpoConfig):
+    def __init__(self, data: DataConfig, dpo: DpoConfig, rejected: RejectedRows):
+        self.rejected = rejected
         self.overlong_policy = data.overlong
         self.max_length = data.max_length
         self.max_prompt = min(dpo.max_prompt_length or data.max_length, data.max_length - 1)  # room for an answer
@@ -161,26 +162,30 @@ class PairFitter:
             self.overlong.append((item, problem))
             return None
         if self.overlong_policy == "drop":
-            item.report.dropped[OVERLONG] += 1
-            return None
+            return self._drop(item, OVERLONG, f"{problem} (data.overlong: drop)")
         cut = self.truncate(pair)
         if not cut.chosen_ids or not cut.rejected_ids:
-            item.report.dropped[NOTHING_TRAINED] += 1
-            return None
+            return self._drop(item, NOTHING_TRAINED, f"{problem}; truncating left an empty answer")
         if cut.chosen_ids == cut.rejected_ids:
-            item.report.dropped[IDENTICAL_AFTER_CUT] += 1
-            return None
+            return self._drop(item, IDENTICAL_AFTER_CUT, f"{problem}; truncating left identical answers")
         item.report.truncated += 1
         return cut
 
+    def _drop(self, item: Item, reason: str, detail: str) -> None:
+        """A pair dropped by the length policy: counted, and recorded for rejected.jsonl."""
+        item.report.dropped[reason] += 1
+        self.rejected.add(Rejected(item.report.key, item.where, detail, row=item.example, bad=False))
+
     def encode_all(self, template: Template, items: list[Item]) -> list[EncodedPair]:
-        """The kept pairs of ``items``, in order."""
+        """The kept pairs of ``items``, in order; pairs the template cannot render become bad rows."""
         kept = []
         for item in items:
             try:
                 encoded = encode_pair(template, item.example)
             except FinetuneError as err:
-                raise FinetuneError(f"{item.report.key}, {item.where}: {err.message}", hint=err.hint) from err
+                self.rejected.add(Rejected(item.report.key, item.where, err.message.rstrip("."), row=item.example, hint=err.hint))
+                item.report.dropped[BAD_ROW] += 1
+                continue
             fitted = self.fit(item, encoded)
             if fitted is not None:
                 item.report.kept += 1

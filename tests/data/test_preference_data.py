@@ -104,6 +104,8 @@ def test_overlong_drop_counts_the_pair(tok_v1, write_jsonl, data_config):
     prepared = _prepare(write_jsonl, data_config, tok_v1, [ROWS[0], LONG], max_length=32, overlong="drop")
     assert prepared.report.train_rows == 1
     assert prepared.report.sources[0].dropped[OVERLONG] == 1
+    (rejected,) = prepared.rejected.rows  # and it is named in rejected.jsonl, with its line
+    assert rejected.where.endswith("line 2") and "data.overlong: drop" in rejected.reason and not rejected.bad
 
 
 def test_truncate_keeps_bos_and_prompt_end_then_cuts_answers(tok_v1, write_jsonl, data_config):
