@@ -11,6 +11,7 @@ never silently continues with other data, another model or another learning rate
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,28 @@ def check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
             hint="Resume with the run's own recipe (`mistral-ft train "
             f"{saved_file} --resume ...`), or start a new run. Only how long to train and how often to log, "
             "evaluate and save may change on resume.",
+        )
+
+
+def check_same_data(run_dir: Path, fingerprint: str | None, processes: int) -> None:
+    """Refuse to resume on other data (the tokenized data's cache key) or another number of processes.
+
+    The checkpoint's position in the data is a count of batches: on changed data, or with the batch
+    spread over another number of processes, the trainer would skip the wrong rows.
+    """
+    summary_file = run_dir / "summary.json"
+    saved = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    if saved.get("data_fingerprint") and fingerprint and saved["data_fingerprint"] != fingerprint:
+        raise FinetuneError(
+            f"Cannot resume {run_dir}: the data changed since the run started (tokenized data "
+            f"{saved['data_fingerprint']} then, {fingerprint} now: a data file, the tokenizer or a data setting differs).",
+            hint="Restore the data the run trained on, or start a new run.",
+        )
+    if saved.get("processes", processes) != processes:
+        raise FinetuneError(
+            f"Cannot resume {run_dir}: it trained with {saved['processes']} process(es), this resume has {processes}; "
+            "the checkpoint's place in the data and the effective batch depend on it.",
+            hint=f"Resume with --nproc {saved['processes']} (or the same accelerate launch as before).",
         )
 
 

@@ -37,7 +37,7 @@ from finetune.train.evaluate import exact_match
 from finetune.train.plots import plot_losses
 from finetune.train.preference_eval import preference_score
 from finetune.train.report import peak_memory, write_report
-from finetune.train.resume import ResumePoint, find_resume_point
+from finetune.train.resume import ResumePoint, check_same_data, find_resume_point
 from finetune.train.sft import build_sft_trainer
 
 
@@ -69,7 +69,8 @@ def train(
     with console.status("loading tokenizer"):
         tokenizer = load_tokenizer(recipe.model)
     with console.status("preparing data"):
-        data, _, cache_note = distributed.main_computes(lambda: prepare_for(recipe, tokenizer))
+        data, data_folder, cache_note = distributed.main_computes(lambda: prepare_for(recipe, tokenizer))
+    fingerprint = data_folder.name if data_folder is not None else None  # the data cache key
     console.print(data.report.summary())
     console.print(f"  {cache_note}", soft_wrap=True)
 
@@ -91,6 +92,8 @@ def train(
     )
 
     # The folder is made only once every input has loaded, so a typo never leaves an empty run behind.
+    if point is not None:
+        distributed.main_computes(lambda: check_same_data(point.run_dir, fingerprint, batch["processes"]))
     run_dir = distributed.main_computes(lambda: _open_run_dir(recipe, output, point))
     console.print(f"[bold]run folder[/] {run_dir}")
     lengths = describe_data(data, recipe, run_dir if distributed.is_main() else None, console, batch["processes"])
@@ -104,7 +107,8 @@ def train(
         console.print(f"[yellow]warning: {warning}[/]")
 
     summary = runs.read_summary(run_dir) if point else {}
-    summary.update(run_dir=str(run_dir), base_model=recipe.model.base, data=data.report.as_dict(), lengths=lengths, **batch,
+    summary.update(run_dir=str(run_dir), base_model=recipe.model.base, data=data.report.as_dict(), lengths=lengths,
+                   data_fingerprint=fingerprint, **batch,
                    parallelism=distributed.parallelism(trainer.accelerator))
     if "eval_loss_before" not in summary and "preference_accuracy_before" not in summary:
         summary.update(_evaluate(recipe, trainer, tokenizer, data, "before", console))

@@ -122,3 +122,20 @@ def flat(text: str) -> str:
 
 def losses_so_far(run: Path) -> dict:
     return losses(run) if (run / "metrics.jsonl").is_file() else {}
+
+
+def test_resume_refuses_changed_data_or_another_process_count(setup, killed, tmp_path):
+    _, recipe, _ = setup
+    run = tmp_path / "killed"
+    shutil.copytree(killed, run)
+    summary = json.loads((run / "summary.json").read_text())
+    assert len(summary["data_fingerprint"]) == 24  # the data cache key the run started with
+    summary["data_fingerprint"] = "0" * 24  # as if the data had been edited since
+    (run / "summary.json").write_text(json.dumps(summary))
+    result = run_cli("train", str(recipe), "--resume", "--output", str(run), "--skip-validate")
+    assert result.returncode == 2 and "the data changed since the run started" in flat(result.stderr)
+
+    other = tmp_path / "other"
+    shutil.copytree(killed, other)
+    result = run_cli("train", str(recipe), "--resume", "--output", str(other), "--nproc", "2", "--skip-validate")
+    assert result.returncode == 2 and "it trained with 1 process(es), this resume has 2" in flat(result.stderr)
