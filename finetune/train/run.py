@@ -74,17 +74,7 @@ def train(
     console.print(data.report.summary())
     console.print(f"  {cache_note}", soft_wrap=True)
 
-    with console.status(f"loading {recipe.model.base} ({recipe.model.quantization})"):
-        model = load_base_model(recipe.model)
-    _pre_validate(recipe, model, tokenizer, console, skip_validate)
-    with console.status("attaching LoRA adapters"):
-        model = attach_adapters(recipe, model, start_adapter)
-    trainable, total = model.get_nb_trainable_parameters()
-    origin = f"from {start_adapter}" if start_adapter else "fresh"
-    console.print(
-        f"model: {total / 1e6:.1f}M parameters, {trainable / 1e6:.2f}M trainable "
-        f"(LoRA r={model.peft_config[POLICY].r}, {origin})"
-    )
+    model = _load_model(recipe, tokenizer, start_adapter, console, skip_validate)
     batch = distributed.effective_batch(recipe.train.micro_batch_size, recipe.train.gradient_accumulation_steps)
     console.print(
         f"batch: {batch['micro_batch_size']} rows × {batch['gradient_accumulation_steps']} accumulation × "
@@ -135,6 +125,22 @@ def train(
         _write_records(recipe, run_dir, summary, data)
     _print_summary(console, summary)
     return run_dir
+
+
+def _load_model(recipe: Recipe, tokenizer, start_adapter, console: Console, skip_validate: bool):
+    """The base model, checked by the fast validate subset, with its LoRA adapters attached."""
+    with console.status(f"loading {recipe.model.base} ({recipe.model.quantization})"):
+        model = load_base_model(recipe.model)
+    _pre_validate(recipe, model, tokenizer, console, skip_validate)
+    with console.status("attaching LoRA adapters"):
+        model = attach_adapters(recipe, model, start_adapter)
+    trainable, total = model.get_nb_trainable_parameters()
+    origin = f"from {start_adapter}" if start_adapter else "fresh"
+    console.print(
+        f"model: {total / 1e6:.1f}M parameters, {trainable / 1e6:.2f}M trainable "
+        f"(LoRA r={model.peft_config[POLICY].r}, {origin})"
+    )
+    return model
 
 
 def _write_records(recipe: Recipe, run_dir: Path, summary: dict, data) -> None:
