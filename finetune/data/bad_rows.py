@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from finetune.data.report import BAD_ROW
 from finetune.errors import FinetuneError
 
 _LISTED = 200  # bad rows listed in the error; all of them go to rejected.jsonl under `skip`
@@ -48,8 +49,19 @@ class RejectedRows:
         self.on_bad_row = on_bad_row
         self.rows: list[Rejected] = []
 
-    def add(self, rejected: Rejected) -> None:
+    def add(self, report, rejected: Rejected, counted_as: str) -> None:
+        """Record ``rejected`` and count it in its source's ``report`` as dropped for ``counted_as``."""
+        report.dropped[counted_as] += 1
         self.rows.append(rejected)
+
+    def item_failed(self, item, error) -> None:
+        """A parsed item the template could not render (a FinetuneError): a bad row."""
+        self.add(item.report, Rejected(item.report.key, item.where, error.message.rstrip("."), row=item.example,
+                                       hint=error.hint), BAD_ROW)
+
+    def item_dropped(self, item, reason: str, detail: str) -> None:
+        """A parsed item dropped by the length policy the user chose: counted under ``reason``, not bad."""
+        self.add(item.report, Rejected(item.report.key, item.where, detail, row=item.example, bad=False), reason)
 
     @property
     def bad(self) -> list[Rejected]:

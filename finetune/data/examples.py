@@ -48,8 +48,7 @@ def load_examples(source: SourceConfig, key: str, rejected: RejectedRows) -> tup
             break
         report.read += 1
         if raw.problem is not None:
-            rejected.add(Rejected(f"{key} ({fmt.name} format)", raw.where, raw.problem, row=raw.text))
-            report.dropped[BAD_ROW] += 1
+            rejected.add(report, Rejected(f"{key} ({fmt.name} format)", raw.where, raw.problem, row=raw.text), BAD_ROW)
             continue
         try:
             row = rename_columns(raw.data, source.columns, fmt.required)
@@ -61,8 +60,8 @@ def load_examples(source: SourceConfig, key: str, rejected: RejectedRows) -> tup
                     continue
             example = fmt.parse(row)
         except RowError as err:
-            rejected.add(Rejected(f"{key} ({fmt.name} format)", raw.where, err.reason, err.column, raw.data, err.hint))
-            report.dropped[BAD_ROW] += 1
+            bad = Rejected(f"{key} ({fmt.name} format)", raw.where, err.reason, err.column, raw.data, err.hint)
+            rejected.add(report, bad, BAD_ROW)
             continue
         if isinstance(example, PreferencePair):
             example = example.with_system_prompt(source.system_prompt)

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 from finetune.data.conversation import PreferencePair
 from finetune.data.examples import Item
-from finetune.data.bad_rows import Rejected, RejectedRows
+from finetune.data.bad_rows import RejectedRows
 from finetune.data.prepare import split_items
-from finetune.data.report import BAD_ROW, NOTHING_TRAINED, OVERLONG, DataReport
+from finetune.data.report import NOTHING_TRAINED, OVERLONG, DataReport
 from finetune.data.template import Template, select_template
 from finetune.data.text_encoder import text_encoder
 from finetune.errors import FinetuneError
@@ -162,19 +162,17 @@ class PairFitter:
             self.overlong.append((item, problem))
             return None
         if self.overlong_policy == "drop":
-            return self._drop(item, OVERLONG, f"{problem} (data.overlong: drop)")
+            self.rejected.item_dropped(item, OVERLONG, f"{problem} (data.overlong: drop)")
+            return None
         cut = self.truncate(pair)
         if not cut.chosen_ids or not cut.rejected_ids:
-            return self._drop(item, NOTHING_TRAINED, f"{problem}; truncating left an empty answer")
+            self.rejected.item_dropped(item, NOTHING_TRAINED, f"{problem}; truncating left an empty answer")
+            return None
         if cut.chosen_ids == cut.rejected_ids:
-            return self._drop(item, IDENTICAL_AFTER_CUT, f"{problem}; truncating left identical answers")
+            self.rejected.item_dropped(item, IDENTICAL_AFTER_CUT, f"{problem}; truncating left identical answers")
+            return None
         item.report.truncated += 1
         return cut
-
-    def _drop(self, item: Item, reason: str, detail: str) -> None:
-        """A pair dropped by the length policy: counted, and recorded for rejected.jsonl."""
-        item.report.dropped[reason] += 1
-        self.rejected.add(Rejected(item.report.key, item.where, detail, row=item.example, bad=False))
 
     def encode_all(self, template: Template, items: list[Item]) -> list[EncodedPair]:
         """The kept pairs of ``items``, in order; pairs the template cannot render become bad rows."""
@@ -183,8 +181,7 @@ class PairFitter:
             try:
                 encoded = encode_pair(template, item.example)
             except FinetuneError as err:
-                self.rejected.add(Rejected(item.report.key, item.where, err.message.rstrip("."), row=item.example, hint=err.hint))
-                item.report.dropped[BAD_ROW] += 1
+                self.rejected.item_failed(item, err)
                 continue
             fitted = self.fit(item, encoded)
             if fitted is not None:

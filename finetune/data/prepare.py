@@ -11,7 +11,8 @@ Step by step:
    TRL's ``DataCollatorForLanguageModeling(completion_only_loss=True)`` reads — plus generation
    prompts for the held-out conversations.
 
-Nothing is cached on disk, so a changed tokenizer can never meet stale token ids.
+This function caches nothing; :mod:`finetune.data.cache` stores its result under a key made of
+everything that decides it, so a changed tokenizer can never meet stale token ids.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from typing import NamedTuple
 
 from finetune.data.conversation import PreferencePair
 from finetune.data.examples import Item, load_examples
-from finetune.data.bad_rows import Rejected, RejectedRows
-from finetune.data.report import BAD_ROW, NOTHING_TRAINED, OVERLONG, DataReport
+from finetune.data.bad_rows import RejectedRows
+from finetune.data.report import NOTHING_TRAINED, OVERLONG, DataReport
 from finetune.data.template import Encoded, Template, encode_text_example, select_template
 from finetune.data.text_encoder import TextEncoder, text_encoder
 from finetune.errors import FinetuneError
@@ -156,10 +157,7 @@ class _Encoder:
         kept = []
         for item, encoded in zip(items, encode_in_parallel(self, [item.example for item in items])):
             if isinstance(encoded, FinetuneError):
-                self.rejected.add(
-                    Rejected(item.report.key, item.where, encoded.message.rstrip("."), row=item.example, hint=encoded.hint)
-                )
-                item.report.dropped[BAD_ROW] += 1
+                self.rejected.item_failed(item, encoded)
                 continue
             encoded = self.fit(item, encoded)
             if encoded is not None:
@@ -176,19 +174,14 @@ class _Encoder:
             self.overlong.append((item, len(encoded)))
             return None
         if self.data.overlong == "drop":
-            self._drop(item, OVERLONG, f"{len(encoded):,} tokens, longer than data.max_length = {limit:,} (data.overlong: drop)")
+            self.rejected.item_dropped(item, OVERLONG, f"{len(encoded):,} tokens, longer than data.max_length = {limit:,} (data.overlong: drop)")
             return None
         cut = encoded.truncated(limit)
         if cut.trained == 0:
-            self._drop(item, NOTHING_TRAINED, f"{len(encoded):,} tokens; truncating to {limit:,} left no trained token")
+            self.rejected.item_dropped(item, NOTHING_TRAINED, f"{len(encoded):,} tokens; truncating to {limit:,} left no trained token")
             return None
         item.report.truncated += 1
         return cut
-
-    def _drop(self, item: Item, reason: str, detail: str) -> None:
-        """A row dropped by the length policy: counted, and recorded for rejected.jsonl."""
-        item.report.dropped[reason] += 1
-        self.rejected.add(Rejected(item.report.key, item.where, detail, row=item.example, bad=False))
 
     def raise_if_overlong(self) -> None:
         """Under ``overlong: error``, one error listing the first offending rows and the options."""
