@@ -25,7 +25,9 @@ from .checks_config import config_checks
 from .checks_template import template_checks
 from .checks_training import check_training_step
 from .report import CheckResult, exit_status, render_table, to_json
-from .target import DEFAULT_MAX_LENGTH, QUICK_LENGTH, Probe, Subject, length_cap, resolve_target
+from .probe import DEFAULT_MAX_LENGTH, QUICK_LENGTH, Probe, length_cap
+from .subject import Subject
+from .target import resolve_target
 
 __all__ = [
     "CheckResult",

@@ -24,7 +24,7 @@ import torch
 from finetune.native import grouped_kv_heads, sliding_window_mask
 
 from .report import CheckResult, relative_tolerance, skipped
-from .target import Probe
+from .probe import Probe
 
 PARITY_TOL = 1e-4  # float32: max |diff| / max(1, max |logit|)
 HALF_PARITY_TOL = 3e-2  # bfloat16 backends (flash_attention_2)

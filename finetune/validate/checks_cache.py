@@ -20,7 +20,7 @@ from finetune.native import RollingKVCache
 
 from .checks_attention import PARITY_TOL, parity_tolerance
 from .report import CheckResult, relative_tolerance, skipped
-from .target import Probe
+from .probe import Probe
 
 _DECODE_STEPS = 64  # decode at most this many tokens one by one (the rest is prefilled)
 _QUICK_DECODE_STEPS = 24  # ... with a length cap

@@ -192,7 +192,7 @@ def check_version(cfg: ConfigFacts) -> CheckResult:
 
 
 def config_checks(subject) -> list[CheckResult]:
-    """All config rows for a :class:`~finetune.validate.target.Subject` (the config as loaded)."""
+    """All config rows for a :class:`~finetune.validate.subject.Subject` (the config as loaded)."""
     cfg = ConfigFacts.from_hf(subject.hf_config)
     model = subject.model
     emb = model.get_input_embeddings().weight.shape[0]

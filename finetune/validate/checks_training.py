@@ -13,7 +13,7 @@ import contextlib
 import torch
 
 from .report import CheckResult
-from .target import Probe
+from .probe import Probe
 
 _MAX_TOKENS = 512  # per row: finiteness does not need long rows, and logits + gradients grow with them
 _DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}

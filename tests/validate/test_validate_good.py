@@ -111,7 +111,7 @@ def test_fast_subset(tiny_mistral):
 
 
 def test_length_cap_rules():
-    from finetune.validate.target import length_cap
+    from finetune.validate.probe import length_cap
 
     assert length_cap() == 4096 and length_cap(quick=True) == 256
     assert length_cap(quick=True, max_length=64) == 64 and length_cap(max_length=0) is None
