@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         "of the run in --output, or of the newest run of this recipe",
     )
     train.add_argument(
-        "--nproc", type=int, default=1, metavar="N",
+        "--nproc", type=_positive, default=1, metavar="N",
         help="train with N processes (one per GPU; gloo on a CPU machine) through `accelerate launch`",
     )
     train.add_argument(
@@ -331,6 +331,17 @@ def _dispatch(args, console: Console) -> int:
         console.print(f"wrote {out}")
         return 0
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
 
 
 def _train_args(args) -> list[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -39,6 +40,12 @@ def launch(nproc: int, train_args: list[str], config_file: str | None, console: 
         raise FinetuneError(
             "--nproc was given inside a process that accelerate or torchrun already launched.",
             hint="Use either `accelerate launch ... -m finetune train R.yaml` or `mistral-ft train R.yaml --nproc N`, not both.",
+        )
+    if config_file and not Path(config_file).is_file():
+        raise FinetuneError(
+            f"--accelerate-config {config_file}: no such file.",
+            hint="Use one of configs/accelerate/*.yaml (ddp, fsdp, deepspeed_zero2, deepspeed_zero3), or leave the "
+            "option out for plain DDP.",
         )
     gpus = torch.cuda.device_count()
     if gpus and nproc > gpus:

@@ -165,3 +165,13 @@ def test_a_bad_data_row_under_two_processes_is_reported_once(tmp_path, tiny_mist
     assert flat.count("bad.jsonl") == 1 and "line 2" in flat, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_missing_accelerate_config_or_a_bad_process_count_is_one_clear_error(tmp_path, tiny_mistral):
+    recipe = str(short_recipe(tmp_path, tiny_mistral))
+    missing = run_cli("train", recipe, "--nproc", "2", "--accelerate-config", "configs/accelerate/nope.yaml")
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert "--accelerate-config configs/accelerate/nope.yaml: no such file" in " ".join(missing.stderr.split())
+    zero = run_cli("train", recipe, "--nproc", "0")
+    assert zero.returncode == 2 and "expected a whole number of at least 1, got '0'" in zero.stderr
+    assert not (tmp_path / "runs").exists()
