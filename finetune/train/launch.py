@@ -66,7 +66,9 @@ def launch(nproc: int, train_args: list[str], config_file: str | None, console: 
         console.print("[yellow]interrupted: see the processes' messages above for the checkpoint[/]")
         return 130
     except ChildFailedError as error:
-        rank, failure = min(error.failures.items())
+        failures = sorted(error.failures.items())
+        # the process that failed by itself (status > 0), not one the launcher then stopped (SIGTERM)
+        rank, failure = next(((r, f) for r, f in failures if f.exitcode > 0), failures[0])
         console.print(f"[red]process {rank} of {nproc} exited with status {failure.exitcode}[/]")
         return failure.exitcode if failure.exitcode > 0 else 1
     return 0
