@@ -131,8 +131,9 @@ shared = distributed.main_computes(prepare)
 try:
     distributed.main_computes(fail)
 except FinetuneError as error:
-    print(json.dumps({"rank": os.environ["RANK"], "shared": shared, "error": str(error),
-                      "everywhere": getattr(error, "raised_everywhere", False)}))
+    with open(os.path.join(sys.argv[1], "result-" + os.environ["RANK"] + ".json"), "w") as out:  # one file each:
+        json.dump({"rank": os.environ["RANK"], "shared": shared, "error": str(error),  # stdout lines interleave
+                   "everywhere": getattr(error, "raised_everywhere", False)}, out)
 distributed.shutdown()
 """
 
@@ -147,8 +148,7 @@ def test_main_process_prepares_and_the_others_receive_the_result_or_its_error(tm
     result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", *args], cwd=REPO,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = sorted((json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")),
-                  key=lambda r: r["rank"])
+    rows = [json.loads(path.read_text()) for path in sorted(tmp_path.glob("result-*.json"))]
     assert [r["rank"] for r in rows] == ["0", "1"]
     assert all(r["shared"] == {"rows": [0, 1, 2, 3, 4], "by": "0"} for r in rows)
     assert sorted(p.name for p in tmp_path.glob("prepared-by-*")) == ["prepared-by-0"]  # prepared once
