@@ -92,6 +92,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the first N training rows token by token: special tokens visible, trained tokens inside « »",
     )
 
+    estimate = commands.add_parser(
+        "estimate",
+        help="predict a recipe's peak memory before loading the model, term by term",
+        description="Read the model's config.json (no weights) and print the memory training the recipe will "
+        "need at its peak: runtime, weights by quantization, LoRA weights + gradients + optimizer state, "
+        "activations by micro-batch, length and checkpointing, attention mask, loss buffers (full logits for "
+        "DPO), backward. Rows are taken at data.max_length. On CPU the figure is resident memory (RSS); on a "
+        "GPU, memory allocated by torch. `train` warns when it is more than the device has free.",
+    )
+    estimate.add_argument("recipe", help="path of the YAML recipe")
+    _add_set(estimate)
+
     recipe = commands.add_parser("recipe", help="inspect recipes: the schema, or a resolved recipe")
     recipe_commands = recipe.add_subparsers(dest="recipe_command", metavar="ACTION", required=True)
     recipe_commands.add_parser("schema", help="list every recipe key with its type, default and meaning")
@@ -280,6 +292,12 @@ def _dispatch(args, console: Console) -> int:
         from finetune.recipe.load import load_recipe
 
         preprocess(load_recipe(args.recipe, args.overrides), args.show, console)
+        return 0
+    if args.command == "estimate":
+        from finetune.recipe.load import load_recipe
+        from finetune.train.memory import estimate_command
+
+        print(estimate_command(load_recipe(args.recipe, args.overrides)))
         return 0
     if args.command == "recipe":
         from finetune.recipe.describe import describe_schema, dump_recipe

@@ -233,9 +233,10 @@ def folder_logits(folder: Path, cfg, prompts: list[list[int]]) -> torch.Tensor:
     from transformers import AutoModelForCausalLM
 
     from finetune.model.load import compute_dtype
+    from finetune.model.windowed_attention import attention_backend
 
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=compute_dtype(cfg), device_map=_device_map(),
-                                                 attn_implementation=cfg.attn_implementation)
+                                                 attn_implementation=attention_backend(cfg.attn_implementation))
     try:
         return _logits(model, prompts)
     finally:

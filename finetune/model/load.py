@@ -65,13 +65,15 @@ def load_base_model(cfg: ModelConfig, device_map=None):
     """The frozen base model, quantized as the recipe asks, in eval-free training-ready state."""
     from transformers import AutoModelForCausalLM
 
+    from finetune.model.windowed_attention import attention_backend
+
     with friendly_hub_errors(cfg.base, "model"):
         model = AutoModelForCausalLM.from_pretrained(
             local_or_hub(cfg.base),
             revision=cfg.revision,
             dtype=compute_dtype(cfg),
             quantization_config=quantization_config(cfg),
-            attn_implementation=cfg.attn_implementation,
+            attn_implementation=attention_backend(cfg.attn_implementation),
             trust_remote_code=cfg.trust_remote_code,
             device_map=device_map if device_map is not None else _default_device_map(cfg),
         )

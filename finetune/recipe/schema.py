@@ -40,8 +40,11 @@ class ModelConfig(Section):
     compute_dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="Dtype of the matmuls and of unquantized weights. auto = bf16 on a GPU, fp32 on CPU."
     )
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
-        "sdpa", description="Attention backend passed to transformers."
+    attn_implementation: Literal["sdpa_windowed", "sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa_windowed",
+        description="Attention backend: sdpa_windowed = PyTorch SDPA that skips the keys outside the sliding window "
+        "(the sdpa result, with less work on rows longer than the window); sdpa / eager / flash_attention_2 = "
+        "transformers' own.",
     )
     trust_remote_code: bool = Field(
         False, description="Run Python code shipped with the model repository. Off unless you trust it."
@@ -140,6 +143,11 @@ class DataConfig(Section):
         False,
         description="SFT: pack whole rows into sequences of max_length tokens (best-fit decreasing); positions "
         "restart per row and attention never crosses a row, so each row trains as if alone, with less padding.",
+    )
+    group_by_length: bool = Field(
+        True,
+        description="SFT without packing: put rows of similar length in the same micro-batch (shuffled groups of "
+        "up to 50 micro-batches, each sorted by length), so little of a batch is padding. false = plain shuffle.",
     )
     on_bad_row: Literal["error", "skip"] = Field(
         "error",

@@ -18,12 +18,12 @@ import torch
 from rich.console import Console
 from transformers import set_seed
 
-from finetune.data.preprocess import describe_data, prepare_for
+from finetune.data.preprocess import describe_data, prepare_for, row_lengths
 from finetune.errors import FinetuneError, Interrupted
 from finetune.model.adapters import POLICY, add_frozen_copy, adapter_dir, attach_lora, resume_lora
 from finetune.model.load import load_base_model, load_tokenizer
 from finetune.recipe.schema import Recipe
-from finetune.train import distributed
+from finetune.train import distributed, memory
 from finetune.train import run_dir as runs
 from finetune.train.callbacks import (
     MetricsLogger,
@@ -73,6 +73,9 @@ def train(
     fingerprint = data_folder.name if data_folder is not None else None  # the data cache key
     console.print(data.report.summary())
     console.print(f"  {cache_note}", soft_wrap=True)
+    guess = memory.for_recipe(recipe, longest_row=max(row_lengths(data.train)[0], default=None))
+    if distributed.is_main() and (warning := memory.shortfall(guess)):
+        console.print(f"[yellow]warning: {warning}[/]")
 
     model = _load_model(recipe, tokenizer, start_adapter, console, skip_validate)
     batch = distributed.effective_batch(recipe.train.micro_batch_size, recipe.train.gradient_accumulation_steps)
@@ -98,7 +101,7 @@ def train(
 
     summary = runs.read_summary(run_dir) if point else {}
     summary.update(run_dir=str(run_dir), base_model=recipe.model.base, data=data.report.as_dict(), lengths=lengths,
-                   data_fingerprint=fingerprint, **batch,
+                   data_fingerprint=fingerprint, **batch, estimated_peak_mib=round(guess.peak / memory.MIB, 1),
                    parallelism=distributed.parallelism(trainer.accelerator))
     if "eval_loss_before" not in summary and "preference_accuracy_before" not in summary:
         summary.update(_evaluate(recipe, trainer, tokenizer, data, "before", console))

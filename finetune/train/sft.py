@@ -4,38 +4,77 @@ The data arrive already tokenized with a per-token loss mask (``completion_mask`
 own formatting and its collator turns the mask into ``-100`` labels.  :class:`LeanSFTTrainer` drops
 the two diagnostics SFTTrainer computes on every step over the full ``[tokens × vocab]`` logits
 (entropy and token accuracy): on small models they cost as much as the step itself, and nobody asked
-for them.  It keeps a count of tokens seen so throughput can be reported.
+for them.  It never builds those logits at all: the loss comes from the decoder's hidden states at the
+trained positions only, a chunk at a time (:mod:`finetune.train.loss`).  It keeps a count of tokens
+seen so throughput can be reported.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from transformers import PrinterCallback
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import SFTConfig, SFTTrainer
 
 from finetune.data.packing import PackedCollator, pack_dataset
 from finetune.model.load import compute_dtype
 from finetune.recipe.schema import Recipe
 from finetune.train.checkpoints import AtomicCheckpoints
+from finetune.train.loss import causal_lm_loss
 
 
 class LeanSFTTrainer(AtomicCheckpoints, SFTTrainer):
-    """SFTTrainer without per-step full-vocabulary metrics, counting tokens, with atomic checkpoints."""
+    """SFTTrainer without full-vocabulary logits or metrics, counting tokens, with atomic checkpoints."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = True  # compute_loss divides by num_items_in_batch, as the model would
 
     @property
     def tokens_seen(self) -> int:
         """Real tokens of the training batches so far, over every process."""
         return self._total_train_tokens
 
+    def _get_train_sampler(self, train_dataset=None):
+        """Length grouping over the rows of a whole optimiser step (every process's micro-batches), so that
+        N processes × micro-batch B draw the same rows per step as one process × N·B would."""
+        if self.args.train_sampling_strategy != "group_by_length":
+            return super()._get_train_sampler(train_dataset)
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        step_rows = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+        return LengthGroupedSampler(step_rows, lengths=[len(ids) for ids in dataset["input_ids"]])
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         real = inputs.pop("num_real_tokens", None)  # packed batches carry no attention_mask (finetune.data.packing)
         if self.model.training:
             self._total_train_tokens += count_tokens(self.accelerator, real if real is not None else inputs["attention_mask"])
             self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
-        inputs["use_cache"] = False
-        return super(SFTTrainer, self).compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss, outputs = self.next_token_loss(model, inputs, num_items_in_batch)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # DDP averages gradients; the count is already global
+        return (loss, outputs) if return_outputs else loss
+
+    def next_token_loss(self, model, inputs, num_items_in_batch):
+        """The loss over the trained tokens, from hidden states; the head only ever sees one position in full."""
+        labels = inputs.pop("labels")
+        causal_lm = self.accelerator.unwrap_model(model)
+        with final_hidden_states(causal_lm) as hidden:
+            outputs = model(**inputs, use_cache=False, logits_to_keep=1)
+        return causal_lm_loss(hidden[0], causal_lm.get_output_embeddings(), labels, num_items_in_batch), outputs
+
+
+@contextmanager
+def final_hidden_states(causal_lm):
+    """Collect the decoder's output (after its final norm) while a forward pass runs through ``causal_lm``."""
+    captured = []
+    hook = causal_lm.get_decoder().register_forward_hook(lambda module, args, output: captured.append(output[0]))
+    try:
+        yield captured
+    finally:
+        hook.remove()
 
 
 def count_tokens(accelerator, attention_mask) -> int:
@@ -84,6 +123,8 @@ def sft_arguments(recipe: Recipe, run_dir: Path, use_cpu: bool) -> SFTConfig:
         max_length=None,  # rows are already cut to data.max_length, with the policy the recipe chose
         dataset_kwargs={"skip_prepare_dataset": True},
         remove_unused_columns=False,
+        train_sampling_strategy="group_by_length" if recipe.data.group_by_length and not recipe.data.packing else "random",
+        prediction_loss_only=True,  # evaluation reports the loss; no logits are gathered
     )
 
 

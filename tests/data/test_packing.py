@@ -1,5 +1,5 @@
 """Packing without leakage: best-fit decreasing bins, and per-row losses of a packed batch equal to the
-same rows unpacked (fp32, sdpa and eager), rows longer than the sliding window included."""
+same rows unpacked (fp32, sdpa_windowed, sdpa and eager), rows longer than the sliding window included."""
 
 from __future__ import annotations
 
@@ -56,10 +56,14 @@ def per_token_loss(logits, labels):
     return torch.cat([torch.zeros(1), loss])  # aligned with the label it predicts
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_packed_rows_have_the_losses_they_have_alone(attention):
+@pytest.mark.parametrize("attention", ["sdpa_windowed", "sdpa", "eager"])
+def test_packed_rows_have_the_losses_they_have_alone(attention, monkeypatch):
     from transformers import MistralConfig, MistralForCausalLM
 
+    from finetune.model import windowed_attention
+
+    monkeypatch.setattr(windowed_attention, "QUERY_BLOCK", 8)  # blocks much shorter than the packed row
+    attention = windowed_attention.attention_backend(attention)
     torch.manual_seed(0)
     window = 8
     config = MistralConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,

@@ -1,0 +1,52 @@
+"""SDPA that does not compute what the sliding window throws away: ``attn_implementation: sdpa_windowed``.
+
+transformers' ``sdpa`` backend hands PyTorch's ``scaled_dot_product_attention`` the whole
+``[length × length]`` mask whenever there is one (padding, packed rows, or any row longer than the
+sliding window).  With an explicit mask the kernel scores every query against every key: a 1024-token
+row under a 256-token window pays for 1024² scores of which about 1024 × 256 survive the mask, and a
+32k-token row under Mistral 7B v0.1's 4096-token window for 32k² of which 32k × 4096 survive.
+
+This backend cuts the queries into blocks of :data:`QUERY_BLOCK` and gives each block only the keys
+its window can reach, ``[block start − window + 1, block end)``, with the matching slice of the same
+mask transformers built.  Every score it drops is one the mask would have zeroed, so the output is
+the ``sdpa`` output (to float rounding); forward and backward both do ~``length × (window + block)``
+work instead of ``length²``.  Anything else — no window, no mask, a short sequence, decoding with a
+KV cache — goes to transformers' ``sdpa`` unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+NAME = "sdpa_windowed"
+QUERY_BLOCK = 128  # queries per block: smaller blocks skip more keys but make more kernel calls
+
+
+def windowed_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                          attention_mask: torch.Tensor | None, sliding_window: int | None = None, **kwargs):
+    """transformers' attention-function signature: ``query`` [batch, heads, q_len, dim] → [batch, q_len, heads, dim]."""
+    length = query.shape[2]
+    if (sliding_window is None or attention_mask is None or key.shape[2] != length
+            or attention_mask.shape[-1] != length or length <= sliding_window + QUERY_BLOCK):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    blocks = []
+    for start in range(0, length, QUERY_BLOCK):
+        end = min(start + QUERY_BLOCK, length)
+        first_key = max(0, start - sliding_window + 1)  # the earliest key any query of the block may see
+        output, _ = sdpa_attention_forward(
+            module, query[:, :, start:end], key[:, :, first_key:end], value[:, :, first_key:end],
+            attention_mask[:, :, start:end, first_key:end], **kwargs,
+        )
+        blocks.append(output)
+    return torch.cat(blocks, dim=1), None
+
+
+def attention_backend(name: str) -> str:
+    """The ``attn_implementation`` to load with; ``sdpa_windowed`` is registered with transformers first."""
+    if name == NAME:
+        AttentionInterface.register(NAME, windowed_sdpa_forward)
+        AttentionMaskInterface.register(NAME, sdpa_mask)  # the very masks sdpa gets, sliced per block above
+    return name
