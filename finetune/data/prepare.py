@@ -83,7 +83,7 @@ def prepare_data(data: DataConfig, tokenizer) -> PreparedData:
             f"{len(train_items):,} training rows (data.max_length = {data.max_length:,}).",
             hint="Raise data.max_length, or set `data.overlong: truncate`." if data.overlong != "truncate" else
             "Raise data.max_length: truncation keeps a row's first max_length tokens, so a row whose prompt fills "
-            "them has no trained token left (each such row is listed in rejected.jsonl with on_bad_row: skip).",
+            "them has no trained token left.",
         )
     prompts = eval_prompts(evaluation, template, data.max_length, report)
     report.train_rows, report.eval_rows = len(train), len(evaluation)
