@@ -20,16 +20,21 @@ Variants (the first one run is the baseline the ratios refer to):
   ``peft_config`` and its own defaults except the fixed work's settings above;
 * ``mistral-ft`` — the builders ``mistral-ft train`` calls (data, model, adapters, trainer) on the
   equivalent recipe, with its defaults;
-* ablations of mistral-ft, each taking one more of its changes away: ``mistral-ft-shuffled``
-  (``data.group_by_length: false``: plain shuffled batches), ``mistral-ft-shuffled-full-logits`` (also
-  the model's own loss over full ``[tokens × vocab]`` logits instead of the chunked loss on trained
-  positions), and ``mistral-ft-packed`` (``data.packing: true`` instead of length grouping).
+* ablations of mistral-ft, named by what they take away: ``-sdpa`` (transformers' ``sdpa`` instead
+  of ``sdpa_windowed``), ``-shuffled`` (``data.group_by_length: false``: plain shuffled batches),
+  ``-full-logits`` (the model's own loss over full ``[tokens × vocab]`` logits instead of the chunked
+  loss on trained positions); and ``mistral-ft-packed`` (``data.packing: true`` instead of length
+  grouping).  The default order adds mistral-ft's changes one at a time, so each row's gain over the
+  row above is what that change bought.
 
 Measured per variant: epoch seconds (``trainer.train()`` wall time), trained (loss-carrying) tokens
-per second, padding fraction of the batches, peak RSS of the process.
+per second, padding fraction of the batches, peak RSS of the process.  With ``--repeat N`` the
+variants run N rounds, interleaved (A B C A B C ...), so that a slow spell of a shared machine hits
+every variant alike; each variant reports its fastest epoch and its largest peak RSS.
 
     python bench/train_throughput.py                       # every variant, table on stdout
-    python bench/train_throughput.py --json bench/results/cpu.json --markdown bench/results/cpu.md
+    python bench/train_throughput.py --repeat 2 --json bench/results/train_throughput_cpu.json \
+        --markdown bench/results/train_throughput_cpu.md
 """
 
 from __future__ import annotations
@@ -48,8 +53,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-VARIANTS = ("trl-defaults", "mistral-ft-shuffled-full-logits", "mistral-ft-shuffled", "mistral-ft",
-            "mistral-ft-packed")
+VARIANTS = ("trl-defaults", "mistral-ft-sdpa-shuffled-full-logits", "mistral-ft-sdpa-shuffled", "mistral-ft-sdpa",
+            "mistral-ft", "mistral-ft-packed")
 ROWS, MIN_WORDS, MAX_WORDS = 128, 16, 1024
 MICRO_BATCH, LR, MAX_LENGTH, SEED = 4, 2e-4, 1024, 0
 WORDS = ("river stone lamp garden winter paper signal orange market engine harbor cloud letter number "
@@ -135,11 +140,12 @@ def run_mistral_ft(model_dir: Path, data: Path, out: Path, variant: str) -> dict
     from finetune.train.sft import build_sft_trainer
 
     recipe = Recipe.model_validate({
-        "model": {"base": str(model_dir), "quantization": "4bit", "compute_dtype": "fp32"},
+        "model": {"base": str(model_dir), "quantization": "4bit", "compute_dtype": "fp32",
+                  "attn_implementation": "sdpa" if "-sdpa" in variant else "sdpa_windowed"},
         "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
         "data": {"sources": [{"path": str(data), "format": "instruct-v3"}], "validation_ratio": 0,
                  "template": "mistral", "max_length": MAX_LENGTH, "overlong": "truncate", "seed": SEED,
-                 "group_by_length": "shuffled" not in variant, "packing": variant.endswith("packed")},
+                 "group_by_length": "-shuffled" not in variant, "packing": "-packed" in variant},
         "train": {"learning_rate": LR, "lr_scheduler": "linear", "warmup_ratio": 0, "epochs": 1,
                   "micro_batch_size": MICRO_BATCH, "gradient_checkpointing": False, "seed": SEED},
         "eval": {"loss": False},
@@ -150,7 +156,7 @@ def run_mistral_ft(model_dir: Path, data: Path, out: Path, variant: str) -> dict
     set_seed(SEED)
     model = attach_lora(model, recipe.lora, gradient_checkpointing=False)
     trainer = build_sft_trainer(recipe, model, tokenizer, prepared, out, callbacks=[], use_cpu=True)
-    if variant.endswith("full-logits"):
+    if "-full-logits" in variant:
         trainer.next_token_loss = lambda model, inputs, num_items_in_batch: full_logits_loss(model, inputs, num_items_in_batch)
     start = time.perf_counter()
     result = trainer.train()
@@ -204,6 +210,25 @@ def measure(variant: str, workdir: Path, threads: int) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
+def best_of(runs: list[dict]) -> dict:
+    """One variant's rounds as one row: the fastest epoch, the largest peak RSS, every epoch's seconds."""
+    fastest = min(runs, key=lambda r: r["epoch_seconds"])
+    return {**fastest, "peak_rss_gb": max(r["peak_rss_gb"] for r in runs),
+            "epoch_seconds_each_round": [round(r["epoch_seconds"], 2) for r in runs]}
+
+
+def environment(threads: int) -> dict:
+    """What the figures depend on: library versions, the CPU, the threads."""
+    import platform
+    from importlib.metadata import version
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    libraries = ("torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate")
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "python": platform.python_version(),
+            **{name: version(name) for name in libraries}}
+
+
 def markdown(results: list[dict]) -> str:
     """The figures and ratios to the first (baseline) variant as a markdown table."""
     base = results[0]
@@ -224,6 +249,7 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, baseline first")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "mistral-ft-bench")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads per run")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of every variant, interleaved")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--markdown", type=Path, help="write the table here")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -233,12 +259,15 @@ def main() -> None:
         return
     args.workdir.mkdir(parents=True, exist_ok=True)
     write_work(args.workdir)
-    results = [measure(v, args.workdir, args.threads) for v in args.variants.split(",")]
+    variants = args.variants.split(",")
+    rounds = [[measure(v, args.workdir, args.threads) for v in variants] for _ in range(args.repeat)]
+    results = [best_of([r[i] for r in rounds]) for i in range(len(variants))]
     table = markdown(results)
     print(table)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        report = {"environment": environment(args.threads), "rounds": args.repeat, "results": results}
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(table)

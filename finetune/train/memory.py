@@ -33,6 +33,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from finetune.errors import FinetuneError
 from finetune.recipe.schema import Recipe
 
 MIB = 2**20
@@ -243,12 +244,18 @@ def _layer_activations_per_token(shape: Shape, r: int, lora: bool) -> float:
 
 def read_model_config(base: str, revision: str | None = None) -> dict:
     """config.json of a local folder, or from the Hub (the small file only)."""
-    path = Path(base).expanduser()
-    if path.is_dir():
-        return json.loads((path / "config.json").read_text())
-    from huggingface_hub import hf_hub_download
+    from finetune.model.load import friendly_hub_errors, local_or_hub
 
-    return json.loads(Path(hf_hub_download(base, "config.json", revision=revision)).read_text())
+    with friendly_hub_errors(base, "model"):
+        path = Path(local_or_hub(base))
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise FinetuneError(f"model.base {base!r} has no config.json.",
+                                    hint="Point model.base at a Hugging Face model folder (config.json + weights).")
+            return json.loads((path / "config.json").read_text())
+        from huggingface_hub import hf_hub_download
+
+        return json.loads(Path(hf_hub_download(base, "config.json", revision=revision)).read_text())
 
 
 def checkpoint_size(base: str) -> float:
