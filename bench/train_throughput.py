@@ -44,7 +44,6 @@ import json
 import math
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -119,12 +118,7 @@ def run_trl_defaults(model_dir: Path, data: Path, out: Path) -> dict:
         peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
                                task_type="CAUSAL_LM"),
     )
-    start = time.perf_counter()
-    result = trainer.train()
-    seconds = time.perf_counter() - start
-    trained = sum(sum(m) for m in trainer.train_dataset["completion_mask"])
-    return {"epoch_seconds": seconds, "trained_tokens": trained, "train_loss": result.training_loss,
-            "padding_fraction": padding_fraction(trainer)}
+    return timed_epoch(trainer, trainer.train_dataset["completion_mask"])
 
 
 def run_mistral_ft(model_dir: Path, data: Path, out: Path, variant: str) -> dict:
@@ -157,13 +151,17 @@ def run_mistral_ft(model_dir: Path, data: Path, out: Path, variant: str) -> dict
     model = attach_lora(model, recipe.lora, gradient_checkpointing=False)
     trainer = build_sft_trainer(recipe, model, tokenizer, prepared, out, callbacks=[], use_cpu=True)
     if "-full-logits" in variant:
-        trainer.next_token_loss = lambda model, inputs, num_items_in_batch: full_logits_loss(model, inputs, num_items_in_batch)
+        trainer.next_token_loss = full_logits_loss
+    return timed_epoch(trainer, prepared.train["completion_mask"])
+
+
+def timed_epoch(trainer, completion_masks) -> dict:
+    """Train one epoch and return its seconds, loss-carrying tokens, loss and padding fraction."""
     start = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - start
-    trained = sum(sum(m) for m in prepared.train["completion_mask"])
-    return {"epoch_seconds": seconds, "trained_tokens": trained, "train_loss": result.training_loss,
-            "padding_fraction": padding_fraction(trainer)}
+    return {"epoch_seconds": seconds, "trained_tokens": sum(sum(m) for m in completion_masks),
+            "train_loss": result.training_loss, "padding_fraction": padding_fraction(trainer)}
 
 
 def full_logits_loss(model, inputs, num_items_in_batch):
@@ -185,13 +183,15 @@ def padding_fraction(trainer) -> float:
 
 def worker(variant: str, workdir: Path) -> None:
     """Run one variant and print its figures as one JSON line."""
+    from finetune.train.report import peak_rss_kib
+
     model_dir, data = workdir / "tiny-mistral-bench", workdir / "bench.jsonl"
     out = Path(tempfile.mkdtemp(prefix=f"{variant}-", dir=workdir))
     if variant == "trl-defaults":
         figures = run_trl_defaults(model_dir, data, out)
     else:
         figures = run_mistral_ft(model_dir, data, out, variant)
-    figures["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    figures["peak_rss_gb"] = peak_rss_kib() / 2**20  # this program's own peak (VmHWM), not its launcher's
     figures["trained_tokens_per_s"] = figures["trained_tokens"] / figures["epoch_seconds"]
     print("RESULT " + json.dumps({"variant": variant, **figures}))
 

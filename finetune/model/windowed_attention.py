@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 NAME = "sdpa_windowed"
@@ -26,22 +26,25 @@ QUERY_BLOCK = 128  # queries per block: smaller blocks skip more keys but make m
 
 
 def windowed_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                          attention_mask: torch.Tensor | None, sliding_window: int | None = None, **kwargs):
+                          attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                          sliding_window: int | None = None, **kwargs):
     """transformers' attention-function signature: ``query`` [batch, heads, q_len, dim] → [batch, q_len, heads, dim]."""
     length = query.shape[2]
     if (sliding_window is None or attention_mask is None or key.shape[2] != length
             or attention_mask.shape[-1] != length or length <= sliding_window + QUERY_BLOCK):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    groups = getattr(module, "num_key_value_groups", 1)
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)  # once: each block takes views of these
     blocks = []
     for start in range(0, length, QUERY_BLOCK):
         end = min(start + QUERY_BLOCK, length)
         first_key = max(0, start - sliding_window + 1)  # the earliest key any query of the block may see
-        output, _ = sdpa_attention_forward(
-            module, query[:, :, start:end], key[:, :, first_key:end], value[:, :, first_key:end],
-            attention_mask[:, :, start:end, first_key:end], **kwargs,
-        )
-        blocks.append(output)
-    return torch.cat(blocks, dim=1), None
+        blocks.append(torch.nn.functional.scaled_dot_product_attention(
+            query[:, :, start:end], key[:, :, first_key:end], value[:, :, first_key:end],
+            attn_mask=attention_mask[:, :, start:end, first_key:end], dropout_p=dropout, scale=scaling,
+        ))
+    return torch.cat(blocks, dim=2).transpose(1, 2).contiguous(), None
 
 
 def attention_backend(name: str) -> str:

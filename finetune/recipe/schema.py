@@ -146,8 +146,9 @@ class DataConfig(Section):
     )
     group_by_length: bool = Field(
         True,
-        description="SFT without packing: put rows of similar length in the same micro-batch (shuffled groups of "
-        "up to 50 micro-batches, each sorted by length), so little of a batch is padding. false = plain shuffle.",
+        description="SFT without packing: put rows of similar length in the same micro-batch (rows shuffled, sorted "
+        "by length within groups of up to 50 steps, steps run in shuffled order), so little of a batch is padding. "
+        "false = plain shuffle.",
     )
     on_bad_row: Literal["error", "skip"] = Field(
         "error",

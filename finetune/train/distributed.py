@@ -38,6 +38,11 @@ def world_size() -> int:
     return state().num_processes if is_launched() else 1
 
 
+def local_processes() -> int:
+    """Processes on this machine (they share its CPU memory)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
 def is_main() -> bool:
     return state().is_main_process if is_launched() else True
 

@@ -37,6 +37,8 @@ def causal_lm_loss(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Te
 
 def linear_cross_entropy_sum(rows: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """``sum(cross_entropy(rows @ weight.T, targets))`` in fp32, fused on CUDA with liger when installed."""
+    if rows.shape[0] == 0:  # no trained token in this micro-batch: a zero that still reaches every input
+        return (rows.sum() + weight.sum()) * 0.0
     if rows.is_cuda and _liger_available():
         from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
@@ -51,7 +53,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, rows, weight, targets, need_grad):
         total = torch.zeros((), dtype=torch.float32, device=rows.device)
-        grad_rows = torch.zeros_like(rows) if need_grad and rows.requires_grad else None
+        grad_rows = torch.zeros_like(rows, dtype=torch.float32) if need_grad and rows.requires_grad else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_grad and weight.requires_grad else None
         logits_buffer = None  # one chunk of fp32 logits, reused (fresh large allocations cost page faults)
         for start in range(0, rows.shape[0], CHUNK_ROWS):
@@ -72,20 +74,21 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             probs = exps.div_(norm)
             probs[torch.arange(len(target), device=probs.device), target] -= 1  # d(sum CE)/d(logits)
             if grad_rows is not None:
-                grad_rows[start:start + CHUNK_ROWS] = (probs.to(weight.dtype) @ weight).to(rows.dtype)
+                grad_rows[start:start + CHUNK_ROWS] = probs.to(weight.dtype) @ weight
             if grad_weight is not None:
                 grad_weight += probs.T @ chunk.float()
         ctx.save_for_backward(grad_rows, grad_weight)
-        ctx.weight_dtype = weight.dtype
+        ctx.rows_dtype, ctx.weight_dtype = rows.dtype, weight.dtype
         return total
 
     @staticmethod
     def backward(ctx, grad_total):
         grad_rows, grad_weight = ctx.saved_tensors
+        scale = grad_total.float()  # the gradients stay fp32 until scaled (1/N, processes, a GradScaler's factor)
         if grad_rows is not None:
-            grad_rows = grad_rows * grad_total.to(grad_rows.dtype)
+            grad_rows = (grad_rows * scale).to(ctx.rows_dtype)
         if grad_weight is not None:
-            grad_weight = (grad_weight * grad_total).to(ctx.weight_dtype)
+            grad_weight = (grad_weight * scale).to(ctx.weight_dtype)
         return grad_rows, grad_weight, None, None
 
 

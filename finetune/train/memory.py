@@ -149,17 +149,18 @@ def for_recipe(recipe: Recipe, longest_row: int | None = None) -> Estimate:
                     checkpoint_size(recipe.model.base), longest_row)
 
 
-def shortfall(guess: Estimate) -> str | None:
-    """A warning when the estimated peak is more than the device has free, else None."""
+def shortfall(guess: Estimate, processes_here: int = 1) -> str | None:
+    """A warning when the estimated peak is more than the device has free, else None.  On CPU the
+    ``processes_here`` processes of this machine share its memory; a GPU is each process's own."""
     if guess.device == "cuda":
         import torch
 
-        free = float(torch.cuda.mem_get_info()[0])
-    else:
-        free = available_memory() + guess.terms["runtime (measured)"]  # what we hold plus what is still free
-    if guess.peak <= free:
+        free, need = float(torch.cuda.mem_get_info()[0]), guess.peak
+    else:  # what this process holds plus what is still free, against every local process's peak
+        free, need = available_memory() + guess.terms["runtime (measured)"], guess.peak * processes_here
+    if need <= free:
         return None
-    return (f"this recipe is estimated to need {guess.peak / MIB:,.0f} MiB at its peak, but the "
+    return (f"this recipe is estimated to need {need / MIB:,.0f} MiB at its peak, but the "
             f"{'GPU' if guess.device == 'cuda' else 'machine'} has {free / MIB:,.0f} MiB free. Lower "
             "train.micro_batch_size or data.max_length, turn on train.gradient_checkpointing, or use "
             "model.quantization: 4bit; `mistral-ft estimate RECIPE` shows where the memory goes.")
@@ -178,6 +179,7 @@ def estimate(recipe: Recipe, config: dict, device: str, runtime_bytes: float, ch
     weights = _weights(shape, recipe.model.quantization, act)
     lora_params = _lora_params(shape, recipe.lora.r, recipe.lora.target_modules, recipe.lora.exclude_modules)
     per_layer = _layer_activations_per_token(shape, recipe.lora.r, lora_params > 0) * act
+    per_layer += _lora_input_copies_per_token(shape, act, recipe.lora.dropout) if lora_params else 0
     checkpointing = recipe.train.gradient_checkpointing
     if device == "cpu":  # resident memory: glibc keeps the blocks freed between layers (see CPU_RETAINED)
         activations = tokens * shape.layers * per_layer * CPU_RETAINED[checkpointing] + CPU_WORKSPACE
@@ -218,7 +220,8 @@ def _weights(shape: Shape, quantization: str, act: int) -> float:
     embeddings = shape.vocab * shape.hidden * (1 if shape.tied else 2)
     norms = (2 * shape.layers + 1) * shape.hidden
     router = shape.layers * shape.hidden * shape.experts if shape.experts > 1 else 0
-    return shape.decoder_linear_params() * per_weight + (embeddings + norms + router) * act
+    rest = 4 if quantization != "none" else act  # peft's k-bit preparation casts what is not quantized to fp32
+    return shape.decoder_linear_params() * per_weight + (embeddings + norms + router) * rest
 
 
 def _lora_params(shape: Shape, r: int, targets, excluded) -> int:
@@ -240,6 +243,16 @@ def _layer_activations_per_token(shape: Shape, r: int, lora: bool) -> float:
     attention += attention_width  # the output, made contiguous for o_proj
     mlp = 4 * shape.intermediate * shape.active_experts  # gate, up, silu(gate), silu(gate)·up
     return norms + attention + mlp + (7 * r if lora else 0)
+
+
+def _lora_input_copies_per_token(shape: Shape, act: int, dropout: float) -> float:
+    """Bytes per token per layer that the adapters add: peft casts each adapted layer's input to the fp32
+    adapter dtype (a copy when the compute dtype is 16-bit), and LoRA dropout keeps its fp32 output and a
+    one-byte mask per input."""
+    inputs = 5 * shape.hidden + shape.heads * shape.head_dim + shape.intermediate * shape.active_experts
+    if dropout > 0:
+        return inputs * (4 + 1)
+    return inputs * 4 if act != 4 else 0
 
 
 def read_model_config(base: str, revision: str | None = None) -> dict:

@@ -17,9 +17,22 @@ import torch
 from finetune.recipe.schema import Recipe
 
 
+def peak_rss_kib() -> float:
+    """This program's peak resident memory, in KiB: VmHWM on Linux.  Not ``ru_maxrss``, which Linux carries
+    over an exec from the process that spawned us (a launcher, a test runner) and so can report its size."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
 def peak_memory() -> dict:
     """Peak memory of this process: resident set (CPU) and, with CUDA, the most GPU memory allocated."""
-    out = {"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    out = {"peak_rss_mib": round(peak_rss_kib() / 1024, 1)}
     if torch.cuda.is_available():
         out["peak_gpu_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return out

@@ -73,9 +73,7 @@ def train(
     fingerprint = data_folder.name if data_folder is not None else None  # the data cache key
     console.print(data.report.summary())
     console.print(f"  {cache_note}", soft_wrap=True)
-    guess = memory.for_recipe(recipe, longest_row=max(row_lengths(data.train)[0], default=None))
-    if distributed.is_main() and (warning := memory.shortfall(guess)):
-        console.print(f"[yellow]warning: {warning}[/]")
+    guess = _memory_estimate(recipe, data, console)
 
     model = _load_model(recipe, tokenizer, start_adapter, console, skip_validate)
     batch = distributed.effective_batch(recipe.train.micro_batch_size, recipe.train.gradient_accumulation_steps)
@@ -101,7 +99,7 @@ def train(
 
     summary = runs.read_summary(run_dir) if point else {}
     summary.update(run_dir=str(run_dir), base_model=recipe.model.base, data=data.report.as_dict(), lengths=lengths,
-                   data_fingerprint=fingerprint, **batch, estimated_peak_mib=round(guess.peak / memory.MIB, 1),
+                   data_fingerprint=fingerprint, **batch, estimated_peak_mib=round(guess.peak / memory.MIB, 1) if guess else None,
                    parallelism=distributed.parallelism(trainer.accelerator))
     if "eval_loss_before" not in summary and "preference_accuracy_before" not in summary:
         summary.update(_evaluate(recipe, trainer, tokenizer, data, "before", console))
@@ -128,6 +126,19 @@ def train(
         _write_records(recipe, run_dir, summary, data)
     _print_summary(console, summary)
     return run_dir
+
+
+def _memory_estimate(recipe: Recipe, data, console: Console):
+    """The peak-memory estimate for the longest prepared row, with a warning when it will not fit.  It is
+    advice: when it cannot be made (an unusual config.json), the run goes on without it."""
+    try:
+        guess = memory.for_recipe(recipe, longest_row=max(row_lengths(data.train)[0], default=None))
+    except (KeyError, TypeError, ValueError, FinetuneError) as error:
+        console.print(f"[yellow]note: no memory estimate for this model ({error!r}); training anyway[/]")
+        return None
+    if distributed.is_main() and (warning := memory.shortfall(guess, distributed.local_processes())):
+        console.print(f"[yellow]warning: {warning}[/]")
+    return guess
 
 
 def _load_model(recipe: Recipe, tokenizer, start_adapter, console: Console, skip_validate: bool):

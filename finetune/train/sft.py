@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 from transformers import PrinterCallback
-from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import SFTConfig, SFTTrainer
 
 from finetune.data.packing import PackedCollator, pack_dataset
 from finetune.model.load import compute_dtype
 from finetune.recipe.schema import Recipe
+from finetune.train.batches import SeededLengthGroupedSampler
 from finetune.train.checkpoints import AtomicCheckpoints
 from finetune.train.loss import causal_lm_loss
 
@@ -29,8 +29,9 @@ from finetune.train.loss import causal_lm_loss
 class LeanSFTTrainer(AtomicCheckpoints, SFTTrainer):
     """SFTTrainer without full-vocabulary logits or metrics, counting tokens, with atomic checkpoints."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, group_by_length: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
+        self.group_by_length = group_by_length
         self.model_accepts_loss_kwargs = True  # compute_loss divides by num_items_in_batch, as the model would
 
     @property
@@ -41,11 +42,11 @@ class LeanSFTTrainer(AtomicCheckpoints, SFTTrainer):
     def _get_train_sampler(self, train_dataset=None):
         """Length grouping over the rows of a whole optimiser step (every process's micro-batches), so that
         N processes × micro-batch B draw the same rows per step as one process × N·B would."""
-        if self.args.train_sampling_strategy != "group_by_length":
+        if not self.group_by_length:
             return super()._get_train_sampler(train_dataset)
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         step_rows = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
-        return LengthGroupedSampler(step_rows, lengths=[len(ids) for ids in dataset["input_ids"]])
+        return SeededLengthGroupedSampler(step_rows, [len(ids) for ids in dataset["input_ids"]], self.args.data_seed)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         real = inputs.pop("num_real_tokens", None)  # packed batches carry no attention_mask (finetune.data.packing)
@@ -61,9 +62,25 @@ class LeanSFTTrainer(AtomicCheckpoints, SFTTrainer):
         """The loss over the trained tokens, from hidden states; the head only ever sees one position in full."""
         labels = inputs.pop("labels")
         causal_lm = self.accelerator.unwrap_model(model)
+        head = causal_lm.get_output_embeddings()
+        if not self.hidden_state_loss_fits(head):
+            outputs = model(**inputs, labels=labels, use_cache=False, num_items_in_batch=num_items_in_batch)
+            return outputs.loss, outputs
         with final_hidden_states(causal_lm) as hidden:
             outputs = model(**inputs, use_cache=False, logits_to_keep=1)
-        return causal_lm_loss(hidden[0], causal_lm.get_output_embeddings(), labels, num_items_in_batch), outputs
+        loss = causal_lm_loss(hidden[0], head, labels, num_items_in_batch)
+        if getattr(outputs, "aux_loss", None) is not None:  # Mixtral's router balance, when output_router_logits
+            loss = loss + causal_lm.config.router_aux_loss_coef * outputs.aux_loss.to(loss.device)
+        return loss, outputs
+
+    def hidden_state_loss_fits(self, head) -> bool:
+        """Whether the chunked loss can use ``head`` directly: the whole of it must be on this process, in one
+        replica of the model, as a plain bias-free linear layer.  Otherwise — FSDP or ZeRO-3 (the head is
+        sharded after the forward pass), ``nn.DataParallel`` (several replicas), a head with LoRA, a bias or
+        a ``modules_to_save`` wrapper — the model computes its own loss from full logits."""
+        zero3 = self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
+        return (type(head) is torch.nn.Linear and head.bias is None and not self.is_fsdp_enabled and not zero3
+                and self.args.n_gpu <= 1)
 
 
 @contextmanager
@@ -123,7 +140,6 @@ def sft_arguments(recipe: Recipe, run_dir: Path, use_cpu: bool) -> SFTConfig:
         max_length=None,  # rows are already cut to data.max_length, with the policy the recipe chose
         dataset_kwargs={"skip_prepare_dataset": True},
         remove_unused_columns=False,
-        train_sampling_strategy="group_by_length" if recipe.data.group_by_length and not recipe.data.packing else "random",
         prediction_loss_only=True,  # evaluation reports the loss; no logits are gathered
     )
 
@@ -139,6 +155,7 @@ def build_sft_trainer(recipe: Recipe, model, tokenizer, data, run_dir: Path, cal
         eval_dataset=data.eval,
         processing_class=tokenizer,
         callbacks=callbacks,
+        group_by_length=recipe.data.group_by_length and not packed,
     )
     trainer.remove_callback(PrinterCallback)  # our progress bar and metrics.jsonl replace its raw dicts
     return trainer

@@ -20,6 +20,26 @@ def tiny_mistral(attention: str, window: int):
     return MistralForCausalLM(config)
 
 
+def count_kernel_calls(monkeypatch) -> list:
+    calls = []
+    kernel = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or kernel(*a, **k))
+    return calls
+
+
+def saved_bytes(model, input_ids) -> int:
+    """Bytes of the distinct storages autograd keeps for backward in one forward pass."""
+    storages = {}
+
+    def keep(tensor):
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False)
+    return sum(storages.values())
+
+
 def logits_and_gradients(model, **batch):
     model.zero_grad()
     logits = model(**batch, use_cache=False).logits
@@ -31,16 +51,14 @@ def logits_and_gradients(model, **batch):
 @pytest.mark.parametrize("padded", [False, True])
 def test_windowed_equals_sdpa_in_logits_and_gradients(monkeypatch, padded):
     monkeypatch.setattr(windowed_attention, "QUERY_BLOCK", 8)
-    calls = []
-    original = windowed_attention.sdpa_attention_forward
-    monkeypatch.setattr(windowed_attention, "sdpa_attention_forward", lambda *a, **k: calls.append(1) or original(*a, **k))
-
+    calls = count_kernel_calls(monkeypatch)
     input_ids = torch.randint(3, 300, (2, 70), generator=torch.Generator().manual_seed(1))
     batch = {"input_ids": input_ids}
     if padded:
         batch["attention_mask"] = torch.ones_like(input_ids)
         batch["attention_mask"][1, 45:] = 0  # right padding, as the SFT collator pads
     expected_logits, expected_grads = logits_and_gradients(tiny_mistral("sdpa", window=16), **batch)
+    calls.clear()
     logits, grads = logits_and_gradients(tiny_mistral("sdpa_windowed", window=16), **batch)
 
     assert len(calls) == 2 * 9  # 2 layers × ceil(70 / 8) query blocks: the windowed path really ran
@@ -50,12 +68,18 @@ def test_windowed_equals_sdpa_in_logits_and_gradients(monkeypatch, padded):
 
 
 def test_short_rows_and_no_window_fall_back_to_sdpa(monkeypatch):
-    calls = []
-    original = windowed_attention.sdpa_attention_forward
-    monkeypatch.setattr(windowed_attention, "sdpa_attention_forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    calls = count_kernel_calls(monkeypatch)
     input_ids = torch.randint(3, 300, (1, 40))
     for window in (None, 16):  # no window at all; a row shorter than window + QUERY_BLOCK
         calls.clear()
         with torch.no_grad():
             tiny_mistral("sdpa_windowed", window=window)(input_ids=input_ids, use_cache=False)
         assert len(calls) == 2  # one whole-sequence call per layer
+
+
+def test_keys_and_values_are_repeated_once_not_once_per_block(monkeypatch):
+    monkeypatch.setattr(windowed_attention, "QUERY_BLOCK", 8)
+    input_ids = torch.randint(3, 300, (2, 120))
+    windowed = saved_bytes(tiny_mistral("sdpa_windowed", window=16), input_ids)
+    plain = saved_bytes(tiny_mistral("sdpa", window=16), input_ids)
+    assert windowed <= plain * 1.05, (windowed, plain)  # per-block copies would be ~3× the K/V
