@@ -113,7 +113,8 @@ def test_quickstart_merge_writes_a_plain_bf16_model_that_matches_the_live_adapte
     check = report["check"]
     assert check["passed"] and check["prompts"] == 8 and check["prompts_from"] == "data.validation_sources"
     assert check["tolerance"] == TOLERANCES["fp32"]
-    assert check["max_abs_diff"] < 0.1 and check["relative_mean_diff"] < 1e-3  # measured 2.5e-2, 0.036 %
+    # passed: the mean |Δ| is within the documented tolerance; and no single logit strays either
+    assert check["max_abs_diff"] < 0.02 * check["mean_abs_logit"]  # measured 0.026 of 8.2 (0.3 %)
     assert check["top1_agreement"] == 1.0
     assert "top-1 agreement 100.0%" in " ".join(stderr.split()) and "Traceback" not in stderr
 
@@ -156,8 +157,16 @@ def test_merged_folder_in_a_fresh_process_matches_the_live_model_and_its_exact_m
     saved = torch.load(tmp_path / "logits.pt")
     live = live_logits(read_run(quickstart_run[0]), saved["ids"])
     diff = (saved["logits"] - live).abs()
-    assert diff.max() < 0.2 and diff.mean() / live.abs().mean() < TOLERANCES["fp32"]  # bf16 compute: ~0.15 %
-    assert (saved["logits"].argmax(-1) == live.argmax(-1)).float().mean() >= 0.99
+    # bf16 compute: mean |Δ| measured 0.16 % of the mean |logit|, the largest 0.7 % of it
+    assert diff.max() < 0.05 * live.abs().mean() and diff.mean() / live.abs().mean() < TOLERANCES["fp32"]
+    # Top-1 agrees wherever the live model's choice is clear of bf16 noise: a near-tie (measured: the
+    # same prompt-start position in every prompt, top two 0.03 apart) may flip, the answers may not.
+    top2 = live.topk(2, dim=-1).values
+    clear = top2[:, 0] - top2[:, 1] > 2 * diff.max()
+    assert clear.float().mean() > 0.9
+    assert torch.equal(saved["logits"][clear].argmax(-1), live[clear].argmax(-1))
+    answer_starts = torch.tensor([len(i) for i in saved["ids"]]).cumsum(0) - 1  # each prompt's last position
+    assert clear[answer_starts].all()
 
 
 def test_merged_folder_passes_validate_quick(merged_quickstart):
