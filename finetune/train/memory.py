@@ -9,7 +9,8 @@ recipe (see :func:`estimate`):
 * **weights** — decoder linear layers at 4-bit NF4 (0.5 byte a weight plus double-quantized block
   scales), 8-bit (1 byte) or the compute dtype; embeddings, output head and norms in the compute dtype;
 * **LoRA** — the fp32 adapter weights, their gradients and the optimizer's state (AdamW: two fp32
-  moments; 8-bit AdamW: two bytes);
+  moments; 8-bit AdamW: two bytes); ``lora.modules_to_save`` adds, for each vocabulary-sized module
+  (``embed_tokens``, ``lm_head``), a full fp32 trained copy with the same and the step's temporaries;
 * **activations** — what autograd saves per token per decoder layer, counted from what transformers'
   Mistral layer with LoRA on its linear layers actually saves: the layer input and the normed input
   around each of the two RMSNorms, queries, repeated keys and values and the attention output, four
@@ -48,6 +49,12 @@ OPTIMIZER_STATE_BYTES = {"adamw_torch": 8, "adamw_torch_fused": 8, "paged_adamw_
 # freed transients stay resident), plus ~90 MiB of kernel workspace on the first pass.
 CPU_RETAINED = {False: 1.6, True: 1.0}
 CPU_WORKSPACE = 90 * MIB
+# Bytes per parameter of a vocabulary-sized module in lora.modules_to_save beyond its weights, gradient
+# and optimizer state: step temporaries (the loss's fp32 gradient buffer, AdamW's intermediates), which
+# on CPU glibc keeps once freed. CPU: measured, embed_tokens + lm_head of the 4-layer tiny Mistral, 4-bit,
+# 4 × 256 tokens: +608 MiB of RSS for 16.4M parameters, 39 B each, 16 of them weights/gradient/AdamW
+# (tests/train/test_memory.py). GPU: one fp32 temporary, not measured.
+SAVED_MODULE_TRANSIENTS = {"cpu": 24, "cuda": 4}
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -202,6 +209,7 @@ def estimate(recipe: Recipe, config: dict, device: str, runtime_bytes: float, ch
         "runtime (measured)" if device == "cpu" else "runtime": runtime_bytes,
         "weights": weights,
         "LoRA weights, gradients, optimizer": lora_params * (4 + 4 + OPTIMIZER_STATE_BYTES[recipe.train.optimizer]),
+        **_saved_modules(shape, recipe.lora.modules_to_save, OPTIMIZER_STATE_BYTES[recipe.train.optimizer], device),
         "activations": activations,
         "attention mask / scores": attention,
         "loss": loss,
@@ -222,6 +230,17 @@ def _weights(shape: Shape, quantization: str, act: int) -> float:
     router = shape.layers * shape.hidden * shape.experts if shape.experts > 1 else 0
     rest = 4 if quantization != "none" else act  # peft's k-bit preparation casts what is not quantized to fp32
     return shape.decoder_linear_params() * per_weight + (embeddings + norms + router) * rest
+
+
+def _saved_modules(shape: Shape, names: list[str], optimizer_bytes: int, device: str) -> dict[str, float]:
+    """``lora.modules_to_save``: peft trains a full fp32 copy of each (weights, gradient, optimizer state,
+    and the temporaries of each step: the chunked loss's fp32 gradient buffer, the optimizer's per-tensor
+    intermediates; see :data:`SAVED_MODULE_TRANSIENTS`). Only the vocabulary-sized ones weigh anything
+    (``embed_tokens``, ``lm_head``: vocab × hidden each)."""
+    copies = sum(name.split(".")[-1] in ("embed_tokens", "lm_head") for name in names)
+    per_param = 4 + 4 + optimizer_bytes + SAVED_MODULE_TRANSIENTS[device]
+    total = copies * shape.vocab * shape.hidden * per_param
+    return {"modules_to_save: weights, gradients, optimizer": total} if total else {}
 
 
 def _lora_params(shape: Shape, r: int, targets, excluded) -> int:
