@@ -205,11 +205,12 @@ def estimate(recipe: Recipe, config: dict, device: str, runtime_bytes: float, ch
         from finetune.train.loss import CHUNK_ROWS
 
         loss = min(CHUNK_ROWS, tokens) * shape.vocab * 4 + 2 * tokens * shape.hidden * act
+    optimizer_bytes = OPTIMIZER_STATE_BYTES[recipe.train.optimizer]
     terms = {
         "runtime (measured)" if device == "cpu" else "runtime": runtime_bytes,
         "weights": weights,
-        "LoRA weights, gradients, optimizer": lora_params * (4 + 4 + OPTIMIZER_STATE_BYTES[recipe.train.optimizer]),
-        **_saved_modules(shape, recipe.lora.modules_to_save, OPTIMIZER_STATE_BYTES[recipe.train.optimizer], device),
+        "LoRA weights, gradients, optimizer": lora_params * (4 + 4 + optimizer_bytes),
+        **_saved_modules(shape, recipe.lora.modules_to_save, optimizer_bytes, device),
         "activations": activations,
         "attention mask / scores": attention,
         "loss": loss,

@@ -64,7 +64,8 @@ def test_estimate_is_within_15_percent_of_the_measured_peak(work, quantization, 
     summary = json.loads((run / "summary.json").read_text())
     measured = summary["peak_rss_mib"]
     print(f"\n{quantization} × {length} tokens, checkpointing {checkpointing}, saved {saved}: "
-          f"estimate {predicted:,.0f} MiB (train's {summary['estimated_peak_mib']:,.0f}), measured {measured:,.0f} MiB")  # pytest -s shows it
+          f"estimate {predicted:,.0f} MiB (train's {summary['estimated_peak_mib']:,.0f}), "
+          f"measured {measured:,.0f} MiB")  # pytest -s shows it
     assert abs(predicted / measured - 1) <= 0.15, (predicted, measured)
     assert abs(summary["estimated_peak_mib"] / measured - 1) <= 0.15  # train's own estimate (longest row known)
     assert "warning: this recipe is estimated" not in trained.stderr
