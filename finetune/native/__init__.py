@@ -12,6 +12,7 @@ from .load import build_native, from_transformers, load_from_folder, native_stat
 from .model import (
     NativeConfig,
     Transformer,
+    UnsupportedRoPE,
     apply_rope,
     grouped_kv_heads,
     rope_cos_sin,
@@ -22,6 +23,7 @@ __all__ = [
     "NativeConfig",
     "RollingKVCache",
     "Transformer",
+    "UnsupportedRoPE",
     "apply_rope",
     "build_native",
     "from_transformers",

@@ -37,6 +37,11 @@ if TYPE_CHECKING:  # pragma: no cover
 KVHeadMap = Callable[[int, int], torch.Tensor]
 
 
+class UnsupportedRoPE(Exception):
+    """The checkpoint declares a RoPE variant (linear, dynamic, YaRN, ...) the native model does not
+    implement: a reference that ignored it would make every later check meaningless."""
+
+
 @dataclass(frozen=True)
 class NativeConfig:
     """The architecture numbers that matter; ``n_experts == 0`` means a dense (Mistral) model."""
@@ -78,7 +83,7 @@ class NativeConfig:
         rope = get("rope_parameters") or get("rope_scaling") or {}
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type != "default":
-            raise NotImplementedError(f"rope_type {rope_type!r} is not supported by the native model")
+            raise UnsupportedRoPE(f"rope_type {rope_type!r} is not supported by the native model")
         theta = rope.get("rope_theta", get("rope_theta"))
         if theta is None:
             raise ValueError("config has no rope_theta (neither rope_parameters['rope_theta'] nor rope_theta)")

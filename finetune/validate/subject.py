@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import torch
 
 from finetune.errors import FinetuneError
-from finetune.native import NativeConfig, Transformer, from_transformers
+from finetune.native import NativeConfig, Transformer, UnsupportedRoPE, from_transformers
 
 KEEP = "keep"  # driving(window=KEEP): leave the live config's window alone
 _HALF = (torch.bfloat16, torch.float16)
@@ -68,7 +68,7 @@ class Subject:
         native = declared = None
         try:
             declared = NativeConfig.from_hf_config(model.config)
-        except NotImplementedError as exc:
+        except UnsupportedRoPE as exc:
             raise FinetuneError(f"{name} cannot be validated: {exc}.") from None
         except ValueError as exc:  # an invalid number: the config rows report it, nothing else can run
             notes.append(f"invalid config ({exc}): only the config and template checks ran")

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from finetune.native import NativeConfig, from_transformers, load_from_folder
+from finetune.native import NativeConfig, UnsupportedRoPE, from_transformers, load_from_folder
 from finetune.native.load import build_native
 
 W = 8
@@ -67,7 +67,7 @@ def test_config_from_legacy_json():
               "rope_theta": 10000.0, "sliding_window": 4096}  # Mistral 7B v0.1, pre-v5 config.json
     cfg = NativeConfig.from_hf_config(legacy)
     assert (cfg.head_dim, cfg.n_kv_heads, cfg.sliding_window, cfg.rope_theta, cfg.n_experts) == (128, 8, 4096, 1e4, 0)
-    with pytest.raises(NotImplementedError):
+    with pytest.raises(UnsupportedRoPE, match="'linear'"):
         NativeConfig.from_hf_config({**legacy, "rope_scaling": {"type": "linear", "factor": 2.0}})
     with pytest.raises(ValueError, match="model_type"):
         NativeConfig.from_hf_config({**legacy, "model_type": "llama"})
